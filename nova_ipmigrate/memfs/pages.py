@@ -1,0 +1,413 @@
+"""The per-page state machine of one RAM file: where each guest page's content is.
+
+Every transition of a page happens in a method of :class:`PageTable`, under its
+lock; callers do the I/O (serve a READ, mlock a page, snapshot it, send the
+invalidation) with the lock released and report back. The rules come from
+measured races (``findings/fuse-guest-ram-feasibility.md`` section 4):
+
+* A page's content is never forgotten until it is pinned (mlocked) in the page
+  cache or in the store: a READ keeps the store copy (``CACHED``), and only a
+  completed pin with no eviction since its page-in drops it (``PINNED``). This
+  covers the *uptodate race* (a reply written is not a page in the cache yet)
+  and memory-cgroup reclaim of clean, unpinned pages.
+* Eviction publishes a *window* over its pages before choosing what to
+  snapshot; a READ inside the window keeps its copy and the page stays
+  resident (*big-range race*); a WRITE of a pinned page inside a window is the
+  newest content and is kept, outside it is discarded (*writeback race*).
+* Pages to snapshot are chosen from this table (``PINNED``), never from mincore.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import threading
+from array import array
+from dataclasses import dataclass, field
+
+from nova_ipmigrate.memfs.protocol import PAGE_SIZE
+from nova_ipmigrate.memfs.store import ZERO_PAGE, PageStore, StoreFull
+
+LOG = logging.getLogger(__name__)
+
+
+class PageState(enum.IntEnum):
+    ZERO = 0         # all zeros; not in the page cache; no slot
+    STORED = 1       # in a store slot; not in the page cache (paged out)
+    CACHED = 2       # in the page cache; the slot holds a copy, completed by pending writeback
+    CACHED_ZERO = 3  # in the page cache; the copy is implicitly zero
+    PINNED = 4       # in the page cache and mlocked: the page cache holds the only copy
+
+
+RESIDENT = (PageState.CACHED, PageState.CACHED_ZERO, PageState.PINNED)
+_ZERO, _STORED, _CACHED, _CZ, _PINNED = (int(s) for s in PageState)
+
+F_WINDOW = 1          # inside an open eviction window
+F_READ_IN_WINDOW = 2  # paged in while its window was open: stays resident
+
+
+class WriteRejected(Exception):
+    """A WRITE that cannot be taken now; carries the errno for the reply."""
+
+    def __init__(self, errno_: int, reason: str) -> None:
+        super().__init__(reason)
+        self.errno = errno_
+
+
+@dataclass
+class Window:
+    """An eviction in progress: pages under a window, in ascending order."""
+
+    pages: list[int]
+    #: pages whose only copy is the page cache: snapshot before invalidating
+    snapshot: list[int]
+    opened_at_epoch: int
+
+    def runs(self, pages: list[int] | None = None) -> list[tuple[int, int]]:
+        return contiguous_runs(self.pages if pages is None else pages)
+
+
+def contiguous_runs(pages: list[int]) -> list[tuple[int, int]]:
+    """[(first page, count)] for sorted ``pages``."""
+    runs: list[tuple[int, int]] = []
+    for p in pages:
+        if runs and runs[-1][0] + runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((p, 1))
+    return runs
+
+
+@dataclass
+class PageCounters:
+    page_ins: int = 0          # pages served by READ
+    refetched: int = 0         # READ of a page we believed resident (reclaimed, copy kept)
+    lost: int = 0              # READ of a pinned page: its only copy vanished (must stay 0)
+    page_outs: int = 0         # pages that left the page cache through eviction
+    zero_elided: int = 0       # paged-out pages found all-zero: no slot kept
+    writes_kept: int = 0       # WRITE pages stored (writeback, launder, write(2))
+    writes_discarded: int = 0  # writeback of pinned pages outside windows
+    pins: int = 0              # pages pinned, their store copy released
+    pin_retries: int = 0       # pins undone by an eviction or page-in meanwhile
+    store_full: int = 0        # evictions held back because the store was full
+    windows: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class PageTable:
+    """State of every page of one RAM file of ``npages`` pages."""
+
+    def __init__(self, npages: int, store: PageStore) -> None:
+        self.npages = npages
+        self.store = store
+        self.lock = threading.Lock()
+        self.state = bytearray(npages)
+        self.flags = bytearray(npages)
+        self.slot = array("q", [-1]) * npages
+        # Page-in sequence number of each page: recency for victim choice, and
+        # the check that a pin still refers to the same page-cache folio.
+        self.stamp = array("Q", [0]) * npages
+        self._seq = 0
+        self.counts = [0] * len(PageState)
+        self.counts[_ZERO] = npages
+        self._cz_reserved = 0  # CACHED_ZERO pages holding a reserved slot
+        self._lru: collections.deque[tuple[int, int]] = collections.deque()
+        self._pin_queue: collections.deque[int] = collections.deque()
+        self.epoch = 0
+        self.stats = PageCounters()
+        self._last_full_log = 0
+
+    # -- helpers (lock held) ----------------------------------------------
+
+    def _set(self, page: int, new: int) -> None:
+        self.counts[self.state[page]] -= 1
+        self.counts[new] += 1
+        self.state[page] = new
+
+    def _became_resident(self, page: int) -> None:
+        self._seq += 1
+        self.stamp[page] = self._seq
+        self._lru.append((page, self._seq))
+        self._pin_queue.append(page)
+        if len(self._lru) > 4 * self.npages + 1024:
+            self._lru = collections.deque(
+                (p, s) for p, s in self._lru
+                if self.stamp[p] == s and self.state[p] >= _CACHED)
+
+    def _release_slot(self, page: int) -> None:
+        s = self.slot[page]
+        if s >= 0:
+            self.store.release(s)
+            self.slot[page] = -1
+            if self.state[page] == _CZ:
+                self._cz_reserved -= 1
+
+    @property
+    def resident(self) -> int:
+        return self.counts[_CACHED] + self.counts[_CZ] + self.counts[_PINNED]
+
+    # -- page-in ------------------------------------------------------------
+
+    def read(self, first: int, count: int, out: memoryview) -> None:
+        """Fill ``out`` with pages [first, first+count) for a FUSE READ."""
+        with self.lock:
+            for i in range(count):
+                p = first + i
+                dst = out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                st = self.state[p]
+                in_window = self.flags[p] & F_WINDOW
+                if st == _STORED or st == _CACHED:
+                    dst[:] = self.store.slot(self.slot[p])
+                    if st == _STORED:
+                        self._set(p, _CACHED)
+                    elif not in_window:
+                        self.stats.refetched += 1
+                elif st == _ZERO or st == _CZ:
+                    dst[:] = ZERO_PAGE
+                    if st == _ZERO:
+                        self._set(p, _CZ)
+                    elif not in_window:
+                        self.stats.refetched += 1
+                else:  # PINNED: the kernel dropped the only copy. Never expected.
+                    self.stats.lost += 1
+                    LOG.error("page %d was pinned but the kernel asked for it again: "
+                              "its content is lost", p)
+                    dst[:] = ZERO_PAGE
+                    self._release_slot(p)
+                    self._set(p, _CZ)
+                if in_window:
+                    self.flags[p] |= F_READ_IN_WINDOW
+                self.stats.page_ins += 1
+                self._became_resident(p)
+
+    # -- WRITE (writeback, launder, write(2)) -------------------------------
+
+    def write(self, page: int, offset: int, data: memoryview) -> None:
+        """Take a WRITE of ``data`` at ``offset`` within ``page``."""
+        full = offset == 0 and len(data) == PAGE_SIZE
+        with self.lock:
+            st = self.state[page]
+            in_window = self.flags[page] & F_WINDOW
+            if st == _PINNED:
+                if not in_window:
+                    # The page cache holds this content and cannot lose it.
+                    self.stats.writes_discarded += 1
+                    return
+                if not full:
+                    raise WriteRejected(11, f"partial write to page {page} being paged out")
+                # Inside a window this is the newest content: keep it in the
+                # slot reserved when the window opened.
+                self.store.slot(self.slot[page])[:] = data
+                self._set(page, _CACHED)
+                self.stats.writes_kept += 1
+                return
+            if st == _CZ or st == _ZERO:
+                if self.slot[page] < 0:
+                    # Only reachable outside windows; eviction keeps headroom
+                    # for every CACHED_ZERO page (see begin_window).
+                    self.slot[page] = self.store.allocate(1)[0]
+                elif st == _CZ:
+                    self._cz_reserved -= 1
+                buf = self.store.slot(self.slot[page])
+                if not full:
+                    buf[:] = ZERO_PAGE
+                buf[offset:offset + len(data)] = data
+                self._set(page, _CACHED)
+                if st == _ZERO:
+                    self._became_resident(page)
+            else:  # STORED or CACHED
+                self.store.slot(self.slot[page])[offset:offset + len(data)] = data
+                if st == _STORED:
+                    self._set(page, _CACHED)
+                    self._became_resident(page)
+            self.stats.writes_kept += 1
+
+    # -- pinning --------------------------------------------------------------
+
+    def pin_candidates(self, limit: int) -> list[tuple[int, int]]:
+        """Up to ``limit`` (page, stamp) pairs to pin, ascending by page."""
+        out: list[tuple[int, int]] = []
+        with self.lock:
+            q = self._pin_queue
+            while q and len(out) < limit:
+                p = q.popleft()
+                st = self.state[p]
+                if (st == _CACHED or st == _CZ) and not self.flags[p] & F_WINDOW:
+                    out.append((p, self.stamp[p]))
+        out.sort()
+        return out
+
+    def pin_done(self, pinned: list[tuple[int, int]]) -> None:
+        """The pages were mapped into the daemon's locked mapping: drop copies.
+
+        Only when the page was not paged in again since (same stamp) and no
+        window covers it is the pinned folio the one holding its content.
+        """
+        with self.lock:
+            for p, stamp in pinned:
+                st = self.state[p]
+                if st != _CACHED and st != _CZ:
+                    continue
+                if self.stamp[p] != stamp or self.flags[p] & F_WINDOW:
+                    self.stats.pin_retries += 1
+                    self._pin_queue.append(p)
+                    continue
+                self._release_slot(p)
+                self._set(p, _PINNED)
+                self.stats.pins += 1
+
+    def requeue_pins(self, pages: list[tuple[int, int]]) -> None:
+        with self.lock:
+            self._pin_queue.extend(p for p, _ in pages)
+
+    # -- eviction ------------------------------------------------------------
+
+    def begin_window(self, want: int) -> Window | None:
+        """Open a window over up to ``want`` of the least recently paged-in pages.
+
+        Slots are reserved for every page that may need one (pinned pages for
+        their snapshot, cached-zero pages for a launder), keeping enough free
+        slots for the writeback of every other cached-zero page. Returns None
+        when nothing can be evicted now (store full: counted and logged).
+        """
+        with self.lock:
+            victims: list[int] = []
+            headroom = self.counts[_CZ] - self._cz_reserved
+            free = self.store.free
+            held_back = False
+            lru = self._lru
+            skipped: list[tuple[int, int]] = []
+            while lru and len(victims) < want:
+                p, s = lru.popleft()
+                st = self.state[p]
+                if self.stamp[p] != s or st < _CACHED:
+                    continue  # stale entry
+                if self.flags[p] & F_WINDOW:
+                    skipped.append((p, s))
+                    continue
+                if st == _PINNED:
+                    if free - 1 < headroom:
+                        held_back = True
+                        skipped.append((p, s))
+                        continue
+                    free -= 1
+                elif st == _CZ and self.slot[p] < 0:
+                    if free < 1:
+                        held_back = True
+                        skipped.append((p, s))
+                        continue
+                    free -= 1
+                    headroom -= 1
+                victims.append(p)
+            lru.extendleft(reversed(skipped))
+            if held_back:
+                self.stats.store_full += 1
+            if not victims:
+                if held_back:
+                    self._log_full(want)
+                return None
+            victims.sort()
+            snapshot = []
+            for p in victims:
+                st = self.state[p]
+                if (st == _PINNED or st == _CZ) and self.slot[p] < 0:
+                    self.slot[p] = self.store.allocate(1)[0]
+                    if st == _CZ:
+                        self._cz_reserved += 1
+                if st == _PINNED:
+                    snapshot.append(p)
+                self.flags[p] = F_WINDOW
+            self.epoch += 1
+            self.stats.windows += 1
+            return Window(victims, snapshot, self.epoch)
+
+    def _log_full(self, want: int) -> None:
+        if self.stats.store_full - self._last_full_log >= 1000 or self._last_full_log == 0:
+            self._last_full_log = self.stats.store_full
+            LOG.error("%s: pages stay resident over the limit", StoreFull(
+                want, self.store.free, self.store.capacity))
+
+    def apply_snapshots(self, first: int, count: int, data: memoryview) -> None:
+        """Page cache content of pinned pages in a window, read through the mount."""
+        with self.lock:
+            for k in range(count):
+                page = first + k
+                # A WRITE in the window already made it CACHED with content at
+                # least as new; a later launder will bring anything newer.
+                if self.state[page] == _PINNED and self.flags[page] & F_WINDOW:
+                    self.store.slot(self.slot[page])[:] = data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
+                    self._set(page, _CACHED)
+
+    def abort_pages(self, window: Window, pages: list[int]) -> None:
+        """Take pages out of the window before invalidation (e.g. snapshot failed)."""
+        drop = set(pages)
+        with self.lock:
+            for p in pages:
+                self.flags[p] = 0
+                if self.state[p] == _PINNED or (self.state[p] == _CZ and self.slot[p] >= 0):
+                    self._release_slot(p)
+                self._lru.appendleft((p, self.stamp[p]))
+            window.pages = [p for p in window.pages if p not in drop]
+            window.snapshot = [p for p in window.snapshot if p not in drop]
+
+    def end_window(self, window: Window) -> int:
+        """The invalidation is done: pages not paged in meanwhile are paged out.
+
+        Returns the number of pages paged out.
+        """
+        out = 0
+        with self.lock:
+            for p in window.pages:
+                f = self.flags[p]
+                self.flags[p] = 0
+                st = self.state[p]
+                if f & F_READ_IN_WINDOW:
+                    if st == _CZ and self.slot[p] >= 0:
+                        self._release_slot(p)
+                    continue
+                if st == _CACHED:
+                    if self.store.slot(self.slot[p]).tobytes() == ZERO_PAGE:
+                        self._release_slot(p)
+                        self._set(p, _ZERO)
+                        self.stats.zero_elided += 1
+                    else:
+                        self._set(p, _STORED)
+                elif st == _CZ:
+                    self._release_slot(p)
+                    self._set(p, _ZERO)
+                elif st == _PINNED:
+                    # Snapshot never applied and nothing laundered: cannot
+                    # happen when the caller aborts failed snapshots.
+                    LOG.error("page %d left its window still pinned", p)
+                    continue
+                else:
+                    continue
+                out += 1
+            self.stats.page_outs += out
+        return out
+
+    # -- introspection --------------------------------------------------------
+
+    def state_counts(self) -> dict[str, int]:
+        with self.lock:
+            return {s.name.lower(): self.counts[s] for s in PageState}
+
+    def content(self, page: int) -> bytes | None:
+        """The daemon's copy of a page, or None when only the page cache has it."""
+        with self.lock:
+            st = self.state[page]
+            if st == _ZERO or st == _CZ:
+                return ZERO_PAGE
+            if st == _PINNED:
+                return None
+            return self.store.slot(self.slot[page]).tobytes()
+
+    def release_all(self) -> None:
+        """Give every slot back to the store (the RAM file is gone)."""
+        with self.lock:
+            for p in range(self.npages):
+                if self.slot[p] >= 0:
+                    self.store.release(self.slot[p])
+                    self.slot[p] = -1
+            self._cz_reserved = 0
