@@ -1,0 +1,15 @@
+"""Configuration of nova-ipmigrate: one module per option group.
+
+Importing this package registers every group on the global ``CONF``; code reads
+options as ``nova_ipmigrate.conf.CONF.memfs.mountpoint``.
+"""
+
+from oslo_config import cfg
+
+from nova_ipmigrate.conf import guest, memfs, paths
+
+CONF = cfg.CONF
+
+paths.register_opts(CONF)
+memfs.register_opts(CONF)
+guest.register_opts(CONF)

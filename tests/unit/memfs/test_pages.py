@@ -1,0 +1,330 @@
+"""The page state machine: transitions, the three measured races, and a model check."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nova_ipmigrate.memfs.pages import PageState, contiguous_runs
+from nova_ipmigrate.memfs.protocol import PAGE_SIZE
+from nova_ipmigrate.memfs.store import StoreFull
+from tests.unit.memfs.kernel_model import ZERO, KernelModel, page_value
+
+
+def test_untouched_pages_read_as_zero_and_become_resident() -> None:
+    k = KernelModel(4)
+    assert k.load(2) == ZERO
+    assert k.table.state[2] == PageState.CACHED_ZERO
+    assert k.table.resident == 1 and k.table.stats.page_ins == 1
+
+
+def test_pin_releases_the_copy_and_eviction_snapshots_it_back() -> None:
+    k = KernelModel(8)
+    k.store_to(3, 7)
+    k.writeback(3)
+    assert k.table.state[3] == PageState.CACHED and k.store.used == 1
+    k.pin()
+    assert k.table.state[3] == PageState.PINNED and k.store.used == 0
+    k.writeback(3)  # nothing dirty: no WRITE
+    k.store_to(3, 8)
+    k.writeback(3)  # outside a window the page cache is authoritative
+    assert k.table.stats.writes_discarded == 1
+    assert k.evict(8) == 1
+    assert k.table.state[3] == PageState.STORED
+    assert k.load(3) == page_value(8)
+    k.check()
+    k.check_slots()
+
+
+def test_zero_pages_are_elided_on_page_out() -> None:
+    k = KernelModel(4)
+    k.load(0)
+    k.store_to(1, 0)  # page value of tag 0 is all zeros
+    k.writeback(1)
+    k.pin()
+    assert k.evict(4) == 2
+    assert k.table.state[0] == PageState.ZERO and k.table.state[1] == PageState.ZERO
+    assert k.store.used == 0
+    k.check()
+
+
+def test_race_big_range_read_inside_window_keeps_its_copy() -> None:
+    """Race 1: a page paged in after the window opened is dropped by the invalidation."""
+    k = KernelModel(8)
+    k.store_to(5, 11)
+    k.pin()
+    w = k.begin(8)
+    assert w is not None and 5 in w.pages
+    k.snapshot(w)
+    k.invalidate([5])            # the kernel drops page 5 ...
+    assert k.load(5) == page_value(11)   # ... the guest faults it back in the window
+    k.store_to(5, 12)            # and writes it; then the range invalidation reaches it
+    k.table.write(5, 0, memoryview(page_value(12)))  # launder of the dirty page
+    k.dirty.discard(5)
+    k.cache.pop(5)
+    k.table.end_window(w)
+    # Read in the window: it stayed "resident" with its copy, which is current.
+    assert k.table.state[5] == PageState.CACHED
+    assert k.load(5) == page_value(12)
+    k.check()
+    k.check_slots()
+
+
+def test_race_uptodate_reply_is_not_a_cached_page() -> None:
+    """Race 2: eviction starts after a READ reply but before the folio is uptodate."""
+    k = KernelModel(8)
+    buf = memoryview(bytearray(PAGE_SIZE))
+    k.table.read(4, 1, buf)       # reply written; the kernel has not cached it yet
+    w = k.begin(8)                # the evictor picks it from the table, not mincore
+    assert w is not None and w.pages == [4] and w.snapshot == []
+    k.cache[4] = bytearray(buf)   # now the folio becomes uptodate
+    k.store_to(4, 3)              # and the guest writes it
+    k.snapshot(w)
+    k.finish(w)                   # invalidation launders the dirty page
+    assert k.load(4) == page_value(3)
+    k.check()
+
+
+def test_race_uptodate_pin_does_not_drop_a_copy_it_did_not_pin() -> None:
+    """A pin whose page was evicted and paged in again meanwhile must not drop the copy."""
+    k = KernelModel(8)
+    k.store_to(1, 9)
+    k.writeback(1)
+    cands = k.table.pin_candidates(8)
+    assert cands == [(1, k.table.stamp[1])]
+    k.locked.add(1)
+    assert k.evict(8) == 1        # eviction between the populate and pin_done
+    k.load(1)                     # paged in again: a new folio, not locked
+    k.table.pin_done(cands)
+    assert k.table.state[1] == PageState.CACHED, "stale pin must not drop the copy"
+    assert k.table.stats.pin_retries == 1
+    assert k.reclaim(1)           # reclaim may drop it: the copy is still there
+    assert k.load(1) == page_value(9)
+    k.check()
+
+
+def test_race_writeback_inside_window_is_newest_content() -> None:
+    """Race 3: writeback of a pinned page inside a window must be kept, not discarded."""
+    k = KernelModel(8)
+    k.store_to(2, 1)
+    k.pin()
+    w = k.begin(8)
+    assert w is not None and w.snapshot == [2]
+    k.store_to(2, 2)
+    k.writeback(2)                # WRITE of the newest content while in the window
+    assert k.table.state[2] == PageState.CACHED
+    k.snapshot(w)                 # snapshot after it: must not regress (it is equal here)
+    k.finish(w)
+    assert k.load(2) == page_value(2)
+    k.check()
+
+
+def test_writeback_older_than_snapshot_is_superseded_by_launder() -> None:
+    k = KernelModel(4)
+    k.store_to(0, 1)
+    k.pin()
+    w = k.begin(4)
+    assert w is not None
+    old = bytes(k.cache[0])
+    k.store_to(0, 2)              # newer data, dirty
+    k.snapshot(w)                 # snapshot sees tag 2
+    k.table.write(0, 0, memoryview(old))  # a late writeback of tag 1 (captured earlier)
+    k.finish(w)                   # the dirty page is laundered with tag 2
+    assert k.load(0) == page_value(2)
+    k.check()
+
+
+def test_reclaim_of_unpinned_pages_loses_nothing() -> None:
+    k = KernelModel(16)
+    for p in range(16):
+        k.store_to(p, p + 100)
+    for p in range(16):
+        assert k.reclaim(p)
+    for p in range(16):
+        assert k.load(p) == page_value(p + 100)
+    assert k.table.stats.refetched == 16
+    k.check()
+
+
+def test_pinned_pages_cannot_be_reclaimed_in_the_model() -> None:
+    k = KernelModel(4)
+    k.store_to(0, 5)
+    k.pin()
+    assert not k.reclaim(0)
+
+
+def test_read_of_a_pinned_page_is_reported_lost() -> None:
+    k = KernelModel(4)
+    k.store_to(0, 5)
+    k.pin()
+    k.cache.pop(0)                # the kernel dropped a locked page: must not happen
+    k.dirty.discard(0)
+    k.load(0)
+    assert k.table.stats.lost == 1
+
+
+def test_full_store_holds_eviction_back_and_loses_nothing() -> None:
+    k = KernelModel(16, store_pages=4)
+    for p in range(16):
+        k.store_to(p, p + 1)
+    k.pin()                       # all pinned: each page-out needs a slot
+    out = 0
+    while (n := k.evict(16)) > 0:
+        out += n
+    assert out == 4 and k.store.free == 0
+    assert k.table.begin_window(16) is None
+    assert k.table.stats.store_full >= 1
+    for p in range(16):
+        assert k.load(p) == page_value(p + 1)
+    k.check()
+    k.check_slots()
+
+
+def test_full_store_write_to_untouched_page_raises_and_changes_nothing() -> None:
+    k = KernelModel(4, store_pages=1)
+    k.table.write(0, 0, memoryview(page_value(1)))
+    with pytest.raises(StoreFull):
+        k.table.write(1, 0, memoryview(page_value(2)))
+    assert k.table.state[1] == PageState.ZERO
+    k.check_slots()
+
+
+def test_cached_zero_pages_keep_headroom_for_their_writeback() -> None:
+    """Eviction never takes the last slots a cached-zero page's writeback needs."""
+    k = KernelModel(8, store_pages=3)
+    for p in range(4):
+        k.load(p)                 # four cached-zero pages
+    k.store_to(4, 1)              # a dirty page, written back, then pinned
+    k.writeback(4)
+    k.pin()
+    for p in range(4):            # guest writes the zero pages: their writeback needs slots
+        k.store_to(p, 10 + p)
+    for _ in range(8):
+        k.evict(1)
+        for p in range(4):
+            if p in k.cache:
+                k.writeback(p)
+    k.check()
+
+
+def test_partial_write_merges_and_partial_write_to_pinned_window_page_is_refused() -> None:
+    k = KernelModel(4)
+    k.table.write(1, 8, memoryview(b"\x01" * 8))
+    c = k.table.content(1)
+    assert c is not None and c[8:16] == b"\x01" * 8 and c[:8] == bytes(8)
+    k.truth[1] = c
+    k.cache[1] = bytearray(c)
+    k.pin()
+    w = k.begin(4)
+    assert w is not None
+    from nova_ipmigrate.memfs.pages import WriteRejected
+    with pytest.raises(WriteRejected):
+        k.table.write(1, 0, memoryview(b"\x02" * 8))
+    k.snapshot(w)
+    k.finish(w)
+    k.check()
+
+
+def test_abort_keeps_pages_resident_and_evictable_later() -> None:
+    k = KernelModel(4)
+    k.store_to(0, 1)
+    k.pin()
+    w = k.begin(4)
+    assert w is not None
+    k.table.abort_pages(w, [0])   # e.g. the snapshot read failed
+    assert w.pages == [] and k.table.state[0] == PageState.PINNED
+    k.table.end_window(w)
+    assert k.store.used == 0
+    assert k.evict(4) == 1        # still a victim later
+    assert k.load(0) == page_value(1)
+
+
+def test_contiguous_runs() -> None:
+    assert contiguous_runs([]) == []
+    assert contiguous_runs([1, 2, 3, 7, 9, 10]) == [(1, 3), (7, 1), (9, 2)]
+
+
+def test_victims_are_the_least_recently_paged_in() -> None:
+    k = KernelModel(8)
+    for p in (5, 1, 7, 3):
+        k.load(p)
+    w = k.begin(2)
+    assert w is not None and w.pages == [1, 5]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_model_check_random_interleavings(seed: int) -> None:
+    """Random guests, reclaim, pins and eviction steps interleaved: nothing is lost."""
+    rnd = random.Random(seed)
+    npages = 24
+    k = KernelModel(npages, store_pages=rnd.choice([6, 12, 48]))
+    windows = []
+    tag = 1
+    for _ in range(600):
+        op = rnd.random()
+        p = rnd.randrange(npages)
+        if op < 0.30:
+            try:
+                k.store_to(p, tag)
+            except StoreFull:
+                pass
+            tag += 1
+        elif op < 0.45:
+            k.load(p)
+        elif op < 0.55:
+            try:
+                k.writeback(p)
+            except StoreFull:
+                # A full store refuses the WRITE: the kernel keeps the page dirty.
+                pass
+        elif op < 0.62:
+            try:
+                k.reclaim(p)
+            except StoreFull:
+                pass
+        elif op < 0.72:
+            k.pin(rnd.randint(1, 6))
+        elif op < 0.80 and len(windows) < 2:
+            w = k.begin(rnd.randint(1, 8))
+            if w is not None:
+                windows.append([w, 0])
+        elif windows:
+            entry = rnd.choice(windows)
+            w, step = entry
+            if step == 0:
+                k.snapshot(w)
+            elif step == 1:
+                k.invalidate(w.pages)
+            else:
+                k.table.end_window(w)
+                windows.remove(entry)
+            entry[1] = step + 1
+        k.check()
+    for w, step in windows:
+        if step == 0:
+            k.snapshot(w)
+        if step <= 1:
+            k.invalidate(w.pages)
+        k.table.end_window(w)
+    k.check()
+    k.check_slots()
+    for p in range(npages):
+        assert k.load(p) == k.truth.get(p, ZERO)
+    assert not k.stale_reads
+
+
+def test_snapshot_read_before_a_window_writeback_does_not_overwrite_it() -> None:
+    """The snapshot pread and its application are not atomic with writeback."""
+    k = KernelModel(4)
+    k.store_to(0, 1)
+    k.pin()
+    w = k.begin(4)
+    assert w is not None and w.snapshot == [0]
+    snap = bytes(k.cache[0])      # pread: tag 1
+    k.store_to(0, 2)              # the guest writes tag 2 ...
+    k.writeback(0)                # ... and it is written back inside the window (clean now)
+    k.table.apply_snapshots(0, 1, memoryview(snap))  # the older snapshot arrives late
+    k.finish(w)                   # clean page: dropped without launder
+    assert k.load(0) == page_value(2)
+    k.check()
