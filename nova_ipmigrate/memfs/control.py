@@ -43,7 +43,9 @@ def _int_arg(req: dict[str, Any], name: str, minimum: int = 0) -> int:
 
 def _str_arg(req: dict[str, Any], name: str) -> str:
     v = req.get(name)
-    if not isinstance(v, str) or not v.strip("/") or "\0" in v or ".." in v.split("/"):
+    parts = v.strip("/").split("/") if isinstance(v, str) else []
+    if (not isinstance(v, str) or not v.strip("/") or "\0" in v
+            or any(p in ("", ".", "..") or len(p.encode()) > 255 for p in parts)):
         raise ControlError(f"'{name}' must be a relative path inside memfs")
     return v
 
@@ -76,7 +78,15 @@ class ControlServer:
     def stop(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
+            # shutdown() wakes the accept() of the serving thread; close() alone does not
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             sock.close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -122,7 +132,7 @@ class ControlServer:
             if op == "shutdown":
                 return {"ok": True, "shutdown": True}
             raise ControlError(f"unknown operation {op!r}")
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
             return {"error": f"malformed request: {exc}", "errno": errno.EINVAL}
         except ControlError as exc:
             return {"error": str(exc), "errno": exc.errno}
@@ -139,9 +149,13 @@ def call(sock_path: Path, op: str, timeout: float = 30.0, **args: Any) -> dict[s
         except OSError as exc:
             raise ControlError(f"memfs daemon not reachable at {sock_path}: {exc}",
                                exc.errno or errno.ECONNREFUSED) from exc
-        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-        with s.makefile("rb") as f:
-            line = f.readline()
+        try:
+            s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            with s.makefile("rb") as f:
+                line = f.readline()
+        except OSError as exc:
+            raise ControlError(f"memfs daemon at {sock_path} failed: {exc}",
+                               exc.errno or errno.ECONNRESET) from exc
     if not line:
         raise ControlError("memfs daemon closed the connection", errno.ECONNRESET)
     reply: dict[str, Any] = json.loads(line)

@@ -40,11 +40,13 @@ class Pager:
     """Pinner and evictor threads over the RAM files ``files()`` returns."""
 
     def __init__(self, config: PagerConfig, files: Callable[[], list[tuple[str | None, RamFile]]],
-                 notify: Callable[[bytes], None], root: str) -> None:
+                 notify: Callable[[bytes], None], root: str,
+                 on_detached: Callable[[RamFile], None] = lambda ram: None) -> None:
         self.config = config
         self._files = files
         self._notify = notify
         self._root = root
+        self._on_detached = on_detached
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.notify_latency = LatencyHistogram()
@@ -74,6 +76,11 @@ class Pager:
         """RAM files in use by a guest; attach the daemon's handles on first sight."""
         out = []
         for path, ram in self._files():
+            if ram.handles is not None and not ram.user_opens and path is None:
+                # Unlinked and no guest has it open: release it (libvirt's rm -r).
+                ram.detach()
+                self._on_detached(ram)
+                continue
             if ram.table is None or ram.destroyed or not ram.user_opens:
                 continue
             if ram.handles is None and path is not None:
@@ -145,19 +152,26 @@ class Pager:
         total = 0
         while not self._stop.is_set() and table.resident > target:
             n = self.evict(ram, min(self.config.batch_pages, table.resident - target))
-            if n <= 0:
+            if n < 0:
+                # Nothing could be paged out (store full): stop throttling page-ins.
+                ram.evicted(stalled=True)
+                break
+            if n == 0:
                 break
             total += n
         return total
 
     def evict(self, ram: RamFile, want: int) -> int:
-        """One window: page out up to ``want`` of the coldest resident pages."""
+        """One window: page out up to ``want`` of the coldest resident pages.
+
+        Returns the pages paged out, or -1 when no window could be opened.
+        """
         table = ram.table
         if table is None:
-            return 0
+            return -1
         window = table.begin_window(min(want, self.config.batch_pages))
         if window is None:
-            return 0
+            return -1
         if window.snapshot:
             h = ram.handles
             failed: list[int] = []

@@ -99,6 +99,11 @@ INIT_EXT = 1 << 30
 # OPEN reply flags
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NOFLUSH = 1 << 5
+#: every open of a memfs file: keep the page cache (an open without it drops
+#: the whole file's cache: lost pages), and no FLUSH on close (a daemon dying
+#: with its own fd open would otherwise wait forever for its own answer)
+OPEN_FLAGS = FOPEN_KEEP_CACHE | FOPEN_NOFLUSH
 
 # SETATTR valid bits
 FATTR_MODE = 1 << 0
@@ -126,7 +131,7 @@ OUT_HEADER = struct.Struct("=IiQ")             # len error unique
 ATTR = struct.Struct("=QQQQQQIIIIIIIIII")      # fuse_attr (88 bytes)
 ENTRY_OUT = struct.Struct("=QQQQII")           # + ATTR
 ATTR_OUT = struct.Struct("=QII")               # + ATTR
-INIT_IN = struct.Struct("=IIIII")              # major minor max_readahead flags flags2 (+unused)
+INIT_IN = struct.Struct("=IIII")               # major minor max_readahead flags (7.36+: flags2...)
 INIT_OUT = struct.Struct("=IIIIHHIIHHI28x")    # 64 bytes
 OPEN_IN = struct.Struct("=II")
 OPEN_OUT = struct.Struct("=QII")

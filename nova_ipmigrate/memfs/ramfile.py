@@ -52,6 +52,8 @@ class RamFile:
         # Page-ins past the hard limit wait for the evictor (bounded), so the
         # resident set stays near the limit even when faults outpace eviction.
         self._below_hard = threading.Condition()
+        #: the evictor cannot page out (store full): page-ins must not wait for it
+        self.eviction_stalled = False
 
     @property
     def npages(self) -> int:
@@ -91,15 +93,17 @@ class RamFile:
         free for the launder WRITEs the evictor's invalidations cause.
         """
         t, hard = self.table, self.hard_limit_pages
-        if t is None or not hard or t.resident < hard:
+        if t is None or not hard or t.resident < hard or self.eviction_stalled:
             return False
         self.over_limit.set()
         with self._below_hard:
-            self._below_hard.wait_for(lambda: t.resident < hard, max_wait_s)
+            self._below_hard.wait_for(
+                lambda: t.resident < hard or self.eviction_stalled, max_wait_s)
         return True
 
-    def evicted(self) -> None:
-        """The evictor paged pages out: wake throttled page-ins."""
+    def evicted(self, stalled: bool = False) -> None:
+        """The evictor paged pages out (or cannot): wake throttled page-ins."""
+        self.eviction_stalled = stalled
         with self._below_hard:
             self._below_hard.notify_all()
 

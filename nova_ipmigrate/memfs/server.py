@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.memfs import mount as mnt
+from nova_ipmigrate.memfs import watchdog
 from nova_ipmigrate.memfs.pager import Pager, PagerConfig
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import RamFile
@@ -44,6 +46,8 @@ class MemfsConfig:
     pin_resident_pages: bool = True
     tune_bdi: bool = True
     shutdown_timeout: float = 10.0
+    #: a child process that aborts the connection if this process dies
+    watchdog: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,13 +81,15 @@ class MemFS:
         self.pager = Pager(PagerConfig(pin=config.pin_resident_pages,
                                        batch_pages=config.eviction_batch_pages,
                                        target_pct=config.eviction_target_pct),
-                           self._ram_files, self._notify, str(config.mountpoint))
+                           self._ram_files, self._notify, str(config.mountpoint),
+                           on_detached=self._detached)
         self.fd = -1
         self.conn = -1
         self.dev = 0
         self.bdi: dict[str, str] = {}
         self._readers: list[threading.Thread] = []
         self._stopping = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
@@ -104,6 +110,8 @@ class MemFS:
             if self.config.tune_bdi:
                 self.bdi = mnt.tune_bdi(st.st_dev)
             mnt.ensure_fusectl()
+            if self.config.watchdog:
+                self._watchdog = watchdog.spawn(self.conn)
             self.pager.start()
         except BaseException:
             self.stop()
@@ -149,6 +157,9 @@ class MemFS:
             os.close(self.fd)
             self.fd = -1
         self.store.close()
+        if self._watchdog is not None:
+            self._watchdog.kill()  # after the unmount: nothing left to abort
+            self._watchdog.wait()
         LOG.info("memfs on %s stopped", mp)
 
     def __enter__(self) -> MemFS:
@@ -184,6 +195,13 @@ class MemFS:
                     LOG.warning("writing a FUSE reply: %s", exc)
                     if exc.errno == errno.ENODEV:
                         return
+
+    def _detached(self, ram: RamFile) -> None:
+        tree = self.session.tree
+        with tree.lock:
+            node = tree.nodes.get(ram.nodeid)
+            if node is not None:
+                tree.maybe_drop(node)
 
     def _wake_evictor(self) -> None:
         self.pager.wake()

@@ -102,7 +102,7 @@ class FuseSession:
             return None
         if not self.initialized and req.opcode != P.Opcode.INIT:
             self.errors += 1
-            return [P.error_reply(req.unique, errno.EIO)]
+            return None if req.opcode in P.NO_REPLY else [P.error_reply(req.unique, errno.EIO)]
         handler = self._handlers.get(req.opcode)
         if handler is None:
             if req.opcode in P.NO_REPLY:
@@ -159,7 +159,7 @@ class FuseSession:
     # -- session --------------------------------------------------------------
 
     def _init(self, req: P.Request, ctx: ReaderContext) -> Reply:
-        major, minor, max_readahead, flags, _flags2 = req.unpack(P.INIT_IN)
+        major, minor, max_readahead, flags = req.unpack(P.INIT_IN)
         if major != P.KERNEL_VERSION or minor < P.MIN_SUPPORTED_MINOR:
             LOG.error("kernel FUSE protocol %d.%d is not supported", major, minor)
             return [P.error_reply(req.unique, errno.EPROTO)]
@@ -265,7 +265,7 @@ class FuseSession:
         with self.tree.lock:
             entry = self._entry(node)
             fh = self._register_open(node, req)
-        return self._reply(req, entry, P.OPEN_OUT.pack(fh, P.FOPEN_KEEP_CACHE, 0))
+        return self._reply(req, entry, P.OPEN_OUT.pack(fh, P.OPEN_FLAGS, 0))
 
     def _unlink(self, req: P.Request, ctx: ReaderContext) -> Reply:
         (name,) = req.names(0, 1)
@@ -324,8 +324,7 @@ class FuseSession:
             if flags & os.O_TRUNC and node.ram is not None and node.ram.size:
                 raise FsError(errno.EPERM, "RAM files are not truncated on open")
             fh = self._register_open(node, req)
-        # KEEP_CACHE: without it every open() drops the file's whole page cache.
-        return self._reply(req, P.OPEN_OUT.pack(fh, P.FOPEN_KEEP_CACHE, 0))
+        return self._reply(req, P.OPEN_OUT.pack(fh, P.OPEN_FLAGS, 0))
 
     def _release(self, req: P.Request, ctx: ReaderContext) -> Reply:
         fh, _flags, _rflags, _lo = req.unpack(P.RELEASE_IN)
@@ -335,6 +334,7 @@ class FuseSession:
                 node, own = entry
                 if node.ram is not None and not own:
                     node.ram.user_opens -= 1
+                self.tree.maybe_drop(node)
         return [P.out_header(req.unique, 0)]
 
     def _read(self, req: P.Request, ctx: ReaderContext) -> Reply:

@@ -48,6 +48,8 @@ class PageStore:
         return self.capacity - len(self._free)
 
     def allocate(self, count: int = 1) -> list[int]:
+        if count < 0:
+            raise ValueError(f"cannot allocate {count} slots")
         if count > len(self._free):
             raise StoreFull(count, len(self._free), self.capacity)
         taken = self._free[-count:] if count else []

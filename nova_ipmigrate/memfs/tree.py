@@ -120,7 +120,7 @@ class Tree:
         node.parent = None
         node.nlink = 0
         parent.mtime = parent.ctime = time.time()
-        self._maybe_drop(node)
+        self.maybe_drop(node)
         return node
 
     def rename(self, parent: Inode, name: str, newparent: Inode, newname: str,
@@ -129,6 +129,11 @@ class Tree:
         target = newparent.children.get(newname)
         if target is node:
             return
+        ancestor: Inode | None = newparent
+        while ancestor is not None:
+            if ancestor is node:
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            ancestor = ancestor.parent
         if target is not None:
             if noreplace:
                 raise FsError(errno.EEXIST)
@@ -137,11 +142,6 @@ class Tree:
             if target.is_dir and target.children:
                 raise FsError(errno.ENOTEMPTY)
             self.detach(newparent, newname)
-        ancestor: Inode | None = newparent
-        while ancestor is not None:
-            if ancestor is node:
-                raise FsError(errno.EINVAL, "cannot move a directory into itself")
-            ancestor = ancestor.parent
         del parent.children[name]
         newparent.children[newname] = node
         if node.is_dir:
@@ -155,9 +155,9 @@ class Tree:
         if node is None or nodeid == ROOT_ID:
             return
         node.nlookup = max(0, node.nlookup - count)
-        self._maybe_drop(node)
+        self.maybe_drop(node)
 
-    def _maybe_drop(self, node: Inode) -> None:
+    def maybe_drop(self, node: Inode) -> None:
         """Free an inode nobody can reach: unlinked and forgotten by the kernel."""
         if node.parent is None and node.nlookup == 0 and node.nodeid != ROOT_ID:
             if node.ram is not None and node.ram.in_use:

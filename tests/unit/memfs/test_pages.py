@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from nova_ipmigrate.memfs.pages import PageState, contiguous_runs
+from nova_ipmigrate.memfs.pages import PageState, Window, contiguous_runs
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.store import StoreFull
 from tests.unit.memfs.kernel_model import ZERO, KernelModel, page_value
@@ -259,7 +259,7 @@ def test_model_check_random_interleavings(seed: int) -> None:
     rnd = random.Random(seed)
     npages = 24
     k = KernelModel(npages, store_pages=rnd.choice([6, 12, 48]))
-    windows = []
+    windows: list[tuple[Window, list[int]]] = []   # (window, [next step])
     tag = 1
     for _ in range(600):
         op = rnd.random()
@@ -288,25 +288,25 @@ def test_model_check_random_interleavings(seed: int) -> None:
         elif op < 0.80 and len(windows) < 2:
             w = k.begin(rnd.randint(1, 8))
             if w is not None:
-                windows.append([w, 0])
+                windows.append((w, [0]))
         elif windows:
             entry = rnd.choice(windows)
-            w, step = entry
-            if step == 0:
-                k.snapshot(w)
-            elif step == 1:
-                k.invalidate(w.pages)
+            win, step = entry
+            if step[0] == 0:
+                k.snapshot(win)
+            elif step[0] == 1:
+                k.invalidate(win.pages)
             else:
-                k.table.end_window(w)
+                k.table.end_window(win)
                 windows.remove(entry)
-            entry[1] = step + 1
+            step[0] += 1
         k.check()
-    for w, step in windows:
-        if step == 0:
-            k.snapshot(w)
-        if step <= 1:
-            k.invalidate(w.pages)
-        k.table.end_window(w)
+    for win, step in windows:
+        if step[0] == 0:
+            k.snapshot(win)
+        if step[0] <= 1:
+            k.invalidate(win.pages)
+        k.table.end_window(win)
     k.check()
     k.check_slots()
     for p in range(npages):

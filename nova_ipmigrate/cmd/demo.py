@@ -1,0 +1,119 @@
+"""``ipmigrate-demo``: the on-one-machine lab demo.
+
+For now (one host): boots the oracle guest with its RAM on memfs under a
+resident limit small enough to force continuous paging, forces a memory-cgroup
+reclaim mid-run, and prints page-in/page-out rates, page-in latency, QEMU's RSS
+of the RAM mapping and the oracle's verdict. It then runs the same guest
+without a limit (guest progress without paging), and with ``--compare-readahead``
+the readahead/THP variants, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from nova_ipmigrate import conf
+from nova_ipmigrate.lab.singlehost import RunResult, Sample, SingleHostParams, run_single_host
+
+CONF = conf.CONF
+
+
+def _print_sample(s: Sample) -> None:
+    p50 = "-" if s.p50_us is None else f"{s.p50_us:.0f}"
+    p99 = "-" if s.p99_us is None else f"{s.p99_us:.0f}"
+    print(f"  t={s.t:5.0f}s  resident {s.resident_pages * 4 / 1024:6.1f} MiB  "
+          f"QEMU RSS {s.rss_kb / 1024:6.1f} MiB | page-ins {s.page_ins_per_s:6.0f}/s  "
+          f"page-outs {s.page_outs_per_s:6.0f}/s | p50 {p50} us p99 {p99} us | "
+          f"oracle {s.oracle_rate:7.0f} pages/s, {s.mismatches} mismatches", flush=True)
+
+
+def _run(title: str, params: SingleHostParams, quiet: bool) -> RunResult:
+    print(f"\n== {title}", flush=True)
+    result = run_single_host(params, on_sample=None if quiet else _print_sample)
+    print(result.summary(), flush=True)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ipmigrate-demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-file", action="append", default=[],
+                    help="nova-ipmigrate configuration file(s)")
+    ap.add_argument("--ram-mb", type=int, default=256, help="guest RAM (MiB)")
+    ap.add_argument("--limit-pct", type=int, default=25,
+                    help="resident limit, percent of guest RAM (default 25)")
+    ap.add_argument("--seconds", type=int, default=60,
+                    help="oracle run time after it filled its memory")
+    ap.add_argument("--baseline-seconds", type=int, default=20,
+                    help="run time of the comparison runs (0 disables them)")
+    ap.add_argument("--reclaim-at", type=float, default=20.0,
+                    help="force a memory-cgroup reclaim this many seconds into the paged run "
+                         "(negative: never)")
+    ap.add_argument("--readahead-kb", type=int, default=None,
+                    help="prefetch window (default: [memfs] max_readahead_kb)")
+    ap.add_argument("--allow-thp-readahead", action="store_true",
+                    help="run QEMU without the MADV_HUGEPAGE shim")
+    ap.add_argument("--compare-readahead", action="store_true",
+                    help="also run with THP readahead allowed and with a 128 KiB window")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where logs and sockets go (default: <state_path>/lab/demo)")
+    ap.add_argument("--json", type=Path, default=None, help="write all results as JSON here")
+    ap.add_argument("--quiet", action="store_true", help="no per-second lines")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    conf_args: list[str] = []
+    for f in args.config_file:
+        conf_args += ["--config-file", f]
+    CONF(conf_args, project="nova-ipmigrate", default_config_files=[])
+    if not 0 < args.limit_pct <= 100:
+        print("ipmigrate-demo: --limit-pct must be in 1..100", file=sys.stderr)
+        return 2
+    if args.ram_mb < 128 or args.seconds < 1:
+        print("ipmigrate-demo: --ram-mb must be >= 128 and --seconds >= 1", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(CONF.state_path) / "lab" / "demo"
+    base = SingleHostParams(
+        workdir=workdir, cache_dir=Path(CONF.guest.cache_dir), ram_mb=args.ram_mb,
+        resident_limit_pct=args.limit_pct, seconds=args.seconds,
+        max_readahead_kb=(CONF.memfs.max_readahead_kb if args.readahead_kb is None
+                          else args.readahead_kb),
+        block_thp_readahead=not args.allow_thp_readahead,
+        pin_resident_pages=CONF.memfs.pin_resident_pages,
+        reclaim_at_s=args.reclaim_at if args.reclaim_at >= 0 else None,
+        accel=CONF.guest.accel, kernel_package=CONF.guest.kernel_package,
+        qemu_binary=CONF.guest.qemu_binary)
+    runs: dict[str, RunResult] = {}
+    runs["paged"] = _run(f"guest RAM on memfs, resident limit {args.limit_pct}%", base,
+                         args.quiet)
+    short = replace(base, seconds=args.baseline_seconds, reclaim_at_s=None)
+    if args.baseline_seconds > 0:
+        runs["unlimited"] = _run("same guest, no resident limit (no paging)",
+                                 replace(short, resident_limit_pct=0), True)
+        if args.compare_readahead:
+            runs["thp_readahead"] = _run(
+                "paged, QEMU's MADV_HUGEPAGE left on (no shim)",
+                replace(short, block_thp_readahead=False), True)
+            runs["readahead_128k"] = _run("paged, 128 KiB prefetch window",
+                                          replace(short, max_readahead_kb=128), True)
+    print("\n== comparison")
+    ref = runs["paged"]
+    for name, r in runs.items():
+        ratio = r.guest_pages_per_s / ref.guest_pages_per_s if ref.guest_pages_per_s else 0.0
+        print(f"  {name:15s} guest {r.guest_pages_per_s:8.0f} pages/s ({ratio:4.2f}x paged)  "
+              f"pages/READ {r.pages_per_read:5.2f}  page-ins {r.page_ins_per_s:6.0f}/s  "
+              f"{'PASS' if r.ok else 'FAIL'} ({r.mismatches} mismatches)")
+    if args.json:
+        args.json.write_text(json.dumps({k: v.to_dict() for k, v in runs.items()}, indent=1))
+        print(f"results written to {args.json}")
+    return 0 if all(r.ok for r in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
