@@ -53,9 +53,11 @@ class Pager:
         self.notify_errors = 0
         self._snap = memoryview(bytearray(config.batch_pages * PAGE_SIZE))
         self._wake = threading.Event()
+        self._attach_lock = threading.Lock()
 
     def start(self) -> None:
-        for name, fn in (("memfs-pinner", self._pin_loop), ("memfs-evictor", self._evict_loop)):
+        for name, fn in (("memfs-pinner", self._pin_loop), ("memfs-evictor", self._evict_loop),
+                         ("memfs-pusher", self._push_loop)):
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -74,7 +76,11 @@ class Pager:
 
     def _active(self) -> list[RamFile]:
         """RAM files in use by a guest; attach the daemon's handles on first sight."""
-        out = []
+        out: list[RamFile] = []
+        with self._attach_lock:
+            return self._active_locked(out)
+
+    def _active_locked(self, out: list[RamFile]) -> list[RamFile]:
         for path, ram in self._files():
             if ram.handles is not None and not ram.user_opens and path is None:
                 # Unlinked and no guest has it open: release it (libvirt's rm -r).
@@ -129,6 +135,50 @@ class Pager:
         if failed:
             table.requeue_pins(failed)
         return True
+
+    # -- moving paged-out pages to sub-hosts ---------------------------------------
+
+    def _push_loop(self) -> None:
+        buf = memoryview(bytearray(self.config.batch_pages * PAGE_SIZE))
+        while not self._stop.is_set():
+            busy = False
+            try:
+                for ram in self._active():
+                    busy |= self.push_some(ram, buf)
+            except Exception:
+                LOG.exception("pusher failed; retrying")
+            if not busy:
+                self._stop.wait(0.01)
+
+    def push_some(self, ram: RamFile, buf: memoryview) -> bool:
+        """Move one batch of paged-out pages to a sub-host; drop stale copies."""
+        table, remote, vm = ram.table, ram.remote, ram.vm
+        if table is None or remote is None or vm is None:
+            return False
+        busy = False
+        # Drops first, and synchronously: a stale copy's drop must reach its holder
+        # before any later push of the same page to it, or it would delete that one.
+        for holder, pages in table.take_drops().items():
+            busy = True
+            try:
+                remote.drop(vm, holder, pages)
+            except Exception as exc:
+                LOG.warning("dropping %d stale page(s) at %s failed: %s", len(pages),
+                            remote.holder_name(holder), exc)
+        cands = table.push_candidates(len(buf) // PAGE_SIZE, buf)
+        if cands:
+            busy = True
+            pages = [p for p, _ in cands]
+            data = [buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(cands))]
+            try:
+                holder = remote.push(vm, pages, data)
+            except Exception as exc:
+                LOG.warning("push of %d page(s) failed: %s; they stay local", len(pages), exc)
+                table.push_failed(cands)
+                self._stop.wait(0.5)
+            else:
+                table.push_done(cands, holder)
+        return busy
 
     # -- eviction --------------------------------------------------------------
 

@@ -38,10 +38,11 @@ class PageState(enum.IntEnum):
     CACHED = 2       # in the page cache; the slot holds a copy, completed by pending writeback
     CACHED_ZERO = 3  # in the page cache; the copy is implicitly zero
     PINNED = 4       # in the page cache and mlocked: the page cache holds the only copy
+    REMOTE = 5       # paged out to a sub-host (holder[p]); nothing here
 
 
 RESIDENT = (PageState.CACHED, PageState.CACHED_ZERO, PageState.PINNED)
-_ZERO, _STORED, _CACHED, _CZ, _PINNED = (int(s) for s in PageState)
+_ZERO, _STORED, _CACHED, _CZ, _PINNED, _REMOTE = (int(s) for s in PageState)
 
 F_WINDOW = 1          # inside an open eviction window
 F_READ_IN_WINDOW = 2  # paged in while its window was open: stays resident
@@ -91,6 +92,9 @@ class PageCounters:
     pins: int = 0              # pages pinned, their store copy released
     pin_retries: int = 0       # pins undone by an eviction or page-in meanwhile
     store_full: int = 0        # evictions held back because the store was full
+    remote_page_ins: int = 0   # pages fetched from a sub-host
+    remote_page_outs: int = 0  # paged-out pages moved to a sub-host
+    remote_stale: int = 0      # pushes overtaken by a page-in: the sub-host copy is dropped
     windows: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -114,6 +118,17 @@ class PageTable:
         self._cz_reserved = 0  # CACHED_ZERO pages holding a reserved slot
         self._lru: collections.deque[tuple[int, int]] = collections.deque()
         self._pin_queue: collections.deque[int] = collections.deque()
+        # The page directory for paged-out pages: which sub-host holds each page
+        # (index into the RAM file's holder list, 0 = none). Set only in REMOTE.
+        self.holder = bytearray(npages)
+        #: paged-out pages waiting to move to a sub-host (only with remote paging)
+        self.push_enabled = False
+        #: with remote paging, free slots eviction leaves for page-ins from sub-hosts
+        #: (each needs a local slot until the page is pinned)
+        self.fetch_reserve = 64
+        self._push_queue: collections.deque[int] = collections.deque()
+        #: (holder, page) copies at sub-hosts that are stale and must be dropped there
+        self._drop_queue: collections.deque[tuple[int, int]] = collections.deque()
         self.epoch = 0
         self.stats = PageCounters()
         self._last_full_log = 0
@@ -133,7 +148,7 @@ class PageTable:
         if len(self._lru) > 4 * self.npages + 1024:
             self._lru = collections.deque(
                 (p, s) for p, s in self._lru
-                if self.stamp[p] == s and self.state[p] >= _CACHED)
+                if self.stamp[p] == s and _CACHED <= self.state[p] <= _PINNED)
 
     def _release_slot(self, page: int) -> None:
         s = self.slot[page]
@@ -149,13 +164,21 @@ class PageTable:
 
     # -- page-in ------------------------------------------------------------
 
-    def read(self, first: int, count: int, out: memoryview) -> None:
-        """Fill ``out`` with pages [first, first+count) for a FUSE READ."""
+    def read(self, first: int, count: int, out: memoryview) -> list[int]:
+        """Fill ``out`` with pages [first, first+count) for a FUSE READ.
+
+        Returns the pages held by sub-hosts: the caller fetches them and hands
+        each to :meth:`fill_remote` (no lock is held across the network).
+        """
+        remote: list[int] = []
         with self.lock:
             for i in range(count):
                 p = first + i
                 dst = out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
                 st = self.state[p]
+                if st == _REMOTE:
+                    remote.append(p)
+                    continue
                 in_window = self.flags[p] & F_WINDOW
                 if st == _STORED or st == _CACHED:
                     dst[:] = self.store.slot(self.slot[p])
@@ -180,6 +203,88 @@ class PageTable:
                     self.flags[p] |= F_READ_IN_WINDOW
                 self.stats.page_ins += 1
                 self._became_resident(p)
+        return remote
+
+    def fill_remote(self, page: int, data: memoryview | bytes) -> int:
+        """A page fetched from its sub-host for a READ: it becomes CACHED here.
+
+        Returns the holder whose copy is now stale (queued to be dropped there).
+        Raises StoreFull (nothing changed) when no local slot is free.
+        """
+        with self.lock:
+            if self.state[page] != _REMOTE:
+                raise ValueError(f"page {page} is not held by a sub-host")
+            slot = self.store.allocate(1)[0]
+            self.store.slot(slot)[:] = data
+            self.slot[page] = slot
+            holder, self.holder[page] = self.holder[page], 0
+            self._drop_queue.append((holder, page))
+            self._set(page, _CACHED)
+            self.stats.page_ins += 1
+            self.stats.remote_page_ins += 1
+            self._became_resident(page)
+            return holder
+
+    def holder_of(self, pages: list[int]) -> list[int]:
+        with self.lock:
+            return [self.holder[p] if self.state[p] == _REMOTE else 0 for p in pages]
+
+    # -- moving paged-out pages to sub-hosts ------------------------------------
+
+    def push_candidates(self, limit: int, out: memoryview) -> list[tuple[int, int]]:
+        """Up to ``limit`` paged-out pages to push, their content copied into ``out``.
+
+        Returns (page, stamp) pairs; the stamp tells :meth:`push_done` whether
+        the page was paged in (and its content possibly changed) meanwhile.
+        """
+        taken: list[tuple[int, int]] = []
+        with self.lock:
+            q = self._push_queue
+            seen: set[int] = set()  # the queue may hold a page twice (paged out twice)
+            while q and len(taken) < limit:
+                p = q.popleft()
+                if self.state[p] != _STORED or p in seen:
+                    continue
+                seen.add(p)
+                n = len(taken)
+                out[n * PAGE_SIZE:(n + 1) * PAGE_SIZE] = self.store.slot(self.slot[p])
+                taken.append((p, self.stamp[p]))
+        return taken
+
+    def push_done(self, pushed: list[tuple[int, int]], holder: int) -> list[int]:
+        """The sub-host ``holder`` acknowledged the pages: the directory moves them.
+
+        Returns the pages whose pushed copy is stale (paged in meanwhile); they
+        are queued to be dropped at the holder.
+        """
+        stale: list[int] = []
+        with self.lock:
+            for p, stamp in pushed:
+                if self.state[p] == _STORED and self.stamp[p] == stamp:
+                    self._release_slot(p)
+                    self.holder[p] = holder
+                    self._set(p, _REMOTE)
+                    self.stats.remote_page_outs += 1
+                else:
+                    stale.append(p)
+                    self._drop_queue.append((holder, p))
+            self.stats.remote_stale += len(stale)
+        return stale
+
+    def take_drops(self, limit: int = 4096) -> dict[int, list[int]]:
+        """Stale sub-host copies to drop, by holder."""
+        out: dict[int, list[int]] = {}
+        with self.lock:
+            q = self._drop_queue
+            while q and limit:
+                holder, p = q.popleft()
+                out.setdefault(holder, []).append(p)
+                limit -= 1
+        return out
+
+    def push_failed(self, pushed: list[tuple[int, int]]) -> None:
+        with self.lock:
+            self._push_queue.extendleft(p for p, _ in pushed)
 
     # -- WRITE (writeback, launder, write(2)) -------------------------------
 
@@ -200,6 +305,20 @@ class PageTable:
                 # slot reserved when the window opened.
                 self.store.slot(self.slot[page])[:] = data
                 self._set(page, _CACHED)
+                self.stats.writes_kept += 1
+                return
+            if st == _REMOTE:
+                # Only write(2) reaches a page held by a sub-host (the page cache
+                # has none of it). A full page replaces it; a partial write would
+                # need the remote content first.
+                if not full:
+                    raise WriteRejected(11, f"partial write to page {page} held by a sub-host")
+                self.slot[page] = self.store.allocate(1)[0]
+                self.store.slot(self.slot[page])[:] = data
+                self._drop_queue.append((self.holder[page], page))
+                self.holder[page] = 0
+                self._set(page, _CACHED)
+                self._became_resident(page)
                 self.stats.writes_kept += 1
                 return
             if st == _CZ or st == _ZERO:
@@ -274,6 +393,8 @@ class PageTable:
         with self.lock:
             victims: list[int] = []
             headroom = self.counts[_CZ] - self._cz_reserved
+            if self.push_enabled:
+                headroom += self.fetch_reserve
             free = self.store.free
             held_back = False
             lru = self._lru
@@ -281,7 +402,7 @@ class PageTable:
             while lru and len(victims) < want:
                 p, s = lru.popleft()
                 st = self.state[p]
-                if self.stamp[p] != s or st < _CACHED:
+                if self.stamp[p] != s or not _CACHED <= st <= _PINNED:
                     continue  # stale entry
                 if self.flags[p] & F_WINDOW:
                     skipped.append((p, s))
@@ -373,6 +494,8 @@ class PageTable:
                         self.stats.zero_elided += 1
                     else:
                         self._set(p, _STORED)
+                        if self.push_enabled:
+                            self._push_queue.append(p)
                 elif st == _CZ:
                     self._release_slot(p)
                     self._set(p, _ZERO)
@@ -394,12 +517,12 @@ class PageTable:
             return {s.name.lower(): self.counts[s] for s in PageState}
 
     def content(self, page: int) -> bytes | None:
-        """The daemon's copy of a page, or None when only the page cache has it."""
+        """This host's copy of a page; None when only the page cache or a sub-host has it."""
         with self.lock:
             st = self.state[page]
             if st == _ZERO or st == _CZ:
                 return ZERO_PAGE
-            if st == _PINNED:
+            if st == _PINNED or st == _REMOTE:
                 return None
             return self.store.slot(self.slot[page]).tobytes()
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 
 from nova_ipmigrate.memfs import syscalls
 from nova_ipmigrate.memfs.pages import PageTable
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
+from nova_ipmigrate.memfs.remote import RemotePaging
 from nova_ipmigrate.memfs.store import PageStore
 from nova_ipmigrate.memfs.tree import FsError
 
@@ -47,6 +49,12 @@ class RamFile:
         self.user_opens = 0        # handles held by processes other than the daemon
         self.handles: DaemonHandles | None = None
         self.destroyed = False
+        #: the instance this RAM belongs to; the key of its pages on other hosts
+        self.vm: uuid.UUID | None = None
+        #: where paged-out pages go; None: they stay in the local store
+        self.remote: RemotePaging | None = None
+        #: pages whose content could not be fetched: the instance is broken
+        self.lost_pages: set[int] = set()
         #: set by the READ path when over the limit: wakes the evictor
         self.over_limit = threading.Event()
         # Page-ins past the hard limit wait for the evictor (bounded), so the
@@ -75,6 +83,15 @@ class RamFile:
             table.release_all()
         self.size = size
         self.table = PageTable(size // PAGE_SIZE, self.store) if size else None
+        if self.table is not None:
+            self.table.push_enabled = self.remote is not None
+
+    def set_remote(self, vm: uuid.UUID, remote: RemotePaging | None) -> None:
+        """Page out to sub-hosts through ``remote`` (None: keep pages local)."""
+        self.vm = vm
+        self.remote = remote
+        if self.table is not None:
+            self.table.push_enabled = remote is not None
 
     def set_resident_limit(self, pages: int) -> None:
         self.resident_limit_pages = max(0, pages)
@@ -165,4 +182,7 @@ class RamFile:
             "writes_kept": s.writes_kept, "writes_discarded": s.writes_discarded,
             "pins": s.pins, "pin_retries": s.pin_retries, "store_full": s.store_full,
             "windows": s.windows, "attached": self.handles is not None,
+            "remote_page_ins": s.remote_page_ins, "remote_page_outs": s.remote_page_outs,
+            "remote_stale": s.remote_stale, "vm": str(self.vm) if self.vm else None,
+            "broken": bool(self.lost_pages), "lost_remote_pages": sorted(self.lost_pages)[:64],
         }

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from nova_ipmigrate.memfs import protocol as P
 from nova_ipmigrate.memfs.metrics import LatencyHistogram
-from nova_ipmigrate.memfs.pages import WriteRejected
+from nova_ipmigrate.memfs.pages import PageTable, WriteRejected
 from nova_ipmigrate.memfs.ramfile import RamFile
+from nova_ipmigrate.memfs.remote import RemoteUnavailable
 from nova_ipmigrate.memfs.store import PageStore, StoreFull
 from nova_ipmigrate.memfs.tree import FsError, Inode, Tree
 
@@ -355,13 +356,49 @@ class FuseSession:
         last = (offset + size - 1) // P.PAGE_SIZE
         count = last - first + 1
         out = ctx.out
-        table.read(first, count, out)
+        remote = table.read(first, count, out)
+        if remote:
+            err = self._fetch_remote(ram, table, first, remote, out)
+            if err:
+                return [P.error_reply(req.unique, err)]
         if ram.check_limit():
             self.on_pressure()
         skip = offset - first * P.PAGE_SIZE
         reply = self._reply(req, out[skip:skip + size])
         self.read_latency.record_ns(time.perf_counter_ns() - t0)
         return reply
+
+    def _fetch_remote(self, ram: RamFile, table: PageTable, first: int, pages: list[int],
+                      out: memoryview) -> int:
+        """Page-in from sub-hosts; 0, or an errno for the READ (never wrong data)."""
+        if ram.remote is None or ram.vm is None:
+            LOG.error("pages %s are held by sub-hosts but no remote paging is set", pages[:8])
+            return errno.EIO
+        by_holder: dict[int, list[int]] = {}
+        for p, h in zip(pages, table.holder_of(pages), strict=True):
+            by_holder.setdefault(h, []).append(p)
+        for holder, group in by_holder.items():
+            try:
+                data = ram.remote.fetch(ram.vm, holder, group)
+            except RemoteUnavailable as exc:
+                ram.lost_pages.update(group)
+                LOG.error("instance %s is broken: pages %s cannot be paged in from %s: %s",
+                          ram.vm, group[:16], ram.remote.holder_name(holder), exc)
+                return errno.EIO
+            for p, d in zip(group, data, strict=True):
+                for attempt in range(100):
+                    try:
+                        table.fill_remote(p, d)
+                        break
+                    except StoreFull:
+                        # The pusher frees local slots; wait a little for it.
+                        if attempt == 99:
+                            LOG.error("page-in of page %d: local page store full", p)
+                            return errno.ENOMEM
+                        time.sleep(0.01)
+                i = p - first
+                out[i * P.PAGE_SIZE:(i + 1) * P.PAGE_SIZE] = d
+        return 0
 
     def _write(self, req: P.Request, ctx: ReaderContext) -> Reply:
         _fh, offset, size, _wflags, _lo, _fl, _ = req.unpack(P.WRITE_IN)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from nova_ipmigrate.memfs.pages import PageState, PageTable, Window
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
-from nova_ipmigrate.memfs.store import PageStore
+from nova_ipmigrate.memfs.store import PageStore, StoreFull
 
 ZERO = bytes(PAGE_SIZE)
 
@@ -21,7 +21,8 @@ def page_value(tag: int) -> bytes:
 
 
 class KernelModel:
-    def __init__(self, npages: int, store_pages: int | None = None) -> None:
+    def __init__(self, npages: int, store_pages: int | None = None,
+                 remote: bool = False) -> None:
         self.store = PageStore(store_pages or npages * 2)
         self.table = PageTable(npages, self.store)
         self.npages = npages
@@ -30,6 +31,10 @@ class KernelModel:
         self.locked: set[int] = set()
         self.truth: dict[int, bytes] = {}
         self.stale_reads: list[int] = []
+        #: sub-hosts: holder -> page -> content (what the fabric would hold)
+        self.remote: dict[int, dict[int, bytes]] = {}
+        self.table.push_enabled = remote
+        self.table.fetch_reserve = 2
 
     # -- the guest ------------------------------------------------------------
 
@@ -38,7 +43,15 @@ class KernelModel:
         if p in self.cache:
             return
         buf = memoryview(bytearray(PAGE_SIZE))
-        self.table.read(p, 1, buf)
+        for r in self.table.read(p, 1, buf):
+            (holder,) = self.table.holder_of([r])
+            data = self.remote[holder][r]
+            try:
+                self.table.fill_remote(r, data)
+            except StoreFull:
+                self.pin()  # what memfs waits for: the pinner frees copies
+                self.table.fill_remote(r, data)  # still full: the READ fails
+            buf[:] = data
         if bytes(buf) != self.truth.get(p, ZERO):
             self.stale_reads.append(p)
         self.cache[p] = bytearray(buf)
@@ -107,6 +120,29 @@ class KernelModel:
         self.snapshot(w)
         return self.finish(w)
 
+    # -- the pusher, in two steps ---------------------------------------------------
+
+    def push_begin(self, n: int) -> tuple[list[tuple[int, int]], list[bytes]]:
+        self.drops()  # as the pusher: stale copies are dropped before new pushes
+        buf = memoryview(bytearray(n * PAGE_SIZE))
+        cands = self.table.push_candidates(n, buf)
+        return cands, [bytes(buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]) for i in range(len(cands))]
+
+    def push_end(self, cands: list[tuple[int, int]], data: list[bytes], holder: int) -> None:
+        held = self.remote.setdefault(holder, {})
+        for (p, _), d in zip(cands, data, strict=True):
+            held[p] = d
+        self.table.push_done(cands, holder)
+
+    def drops(self) -> None:
+        for holder, pages in self.table.take_drops().items():
+            for p in pages:
+                self.remote.get(holder, {}).pop(p, None)
+
+    def push(self, n: int, holder: int = 1) -> None:
+        self.push_end(*self.push_begin(n), holder)
+        self.drops()
+
     # -- checks -------------------------------------------------------------------
 
     def check(self) -> None:
@@ -117,6 +153,11 @@ class KernelModel:
                 assert self.table.state[p] != PageState.ZERO or self.truth.get(p, ZERO) == ZERO
                 continue
             assert self.table.state[p] != PageState.PINNED, f"page {p} pinned but not cached"
+            if self.table.state[p] == PageState.REMOTE:
+                (holder,) = self.table.holder_of([p])
+                got = self.remote.get(holder, {}).get(p)
+                assert got == self.truth.get(p, ZERO), f"page {p} lost at holder {holder}"
+                continue
             assert self.table.content(p) == self.truth.get(p, ZERO), f"page {p} lost"
 
     def check_slots(self) -> None:

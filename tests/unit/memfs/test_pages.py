@@ -253,13 +253,15 @@ def test_victims_are_the_least_recently_paged_in() -> None:
     assert w is not None and w.pages == [1, 5]
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_model_check_random_interleavings(seed: int) -> None:
-    """Random guests, reclaim, pins and eviction steps interleaved: nothing is lost."""
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "remote"])
+@pytest.mark.parametrize("seed", range(40))
+def test_model_check_random_interleavings(seed: int, remote: bool) -> None:
+    """Random guests, reclaim, pins, eviction and push steps interleaved: nothing is lost."""
     rnd = random.Random(seed)
     npages = 24
-    k = KernelModel(npages, store_pages=rnd.choice([6, 12, 48]))
+    k = KernelModel(npages, store_pages=rnd.choice([6, 12, 48]), remote=remote)
     windows: list[tuple[Window, list[int]]] = []   # (window, [next step])
+    pushing: tuple[list[tuple[int, int]], list[bytes]] | None = None
     tag = 1
     for _ in range(600):
         op = rnd.random()
@@ -271,7 +273,12 @@ def test_model_check_random_interleavings(seed: int) -> None:
                 pass
             tag += 1
         elif op < 0.45:
-            k.load(p)
+            try:
+                k.load(p)
+            except StoreFull:
+                # No local slot for a page-in from a sub-host: memfs waits for the
+                # pusher, then fails the READ; nothing changed.
+                assert k.table.state[p] == PageState.REMOTE
         elif op < 0.55:
             try:
                 k.writeback(p)
@@ -285,7 +292,13 @@ def test_model_check_random_interleavings(seed: int) -> None:
                 pass
         elif op < 0.72:
             k.pin(rnd.randint(1, 6))
-        elif op < 0.80 and len(windows) < 2:
+        elif op < 0.76:
+            if pushing is None:
+                pushing = k.push_begin(rnd.randint(1, 6))
+            else:
+                k.push_end(*pushing, rnd.randint(1, 3))
+                pushing = None
+        elif op < 0.82 and len(windows) < 2:
             w = k.begin(rnd.randint(1, 8))
             if w is not None:
                 windows.append((w, [0]))
@@ -301,6 +314,8 @@ def test_model_check_random_interleavings(seed: int) -> None:
                 windows.remove(entry)
             step[0] += 1
         k.check()
+    if pushing is not None:
+        k.push_end(*pushing, 2)
     for win, step in windows:
         if step[0] == 0:
             k.snapshot(win)
@@ -328,3 +343,52 @@ def test_snapshot_read_before_a_window_writeback_does_not_overwrite_it() -> None
     k.finish(w)                   # clean page: dropped without launder
     assert k.load(0) == page_value(2)
     k.check()
+
+
+def test_paged_out_pages_move_to_a_sub_host_and_come_back() -> None:
+    k = KernelModel(8, remote=True)
+    for p in range(4):
+        k.store_to(p, p + 20)
+    k.pin()
+    assert k.evict(8) == 4
+    k.push(8, holder=3)
+    assert all(k.table.state[p] == PageState.REMOTE for p in range(4))
+    assert k.store.used == 0 and k.table.holder_of([0, 1]) == [3, 3]
+    assert k.load(2) == page_value(22)             # page-in from the sub-host
+    assert k.table.stats.remote_page_ins == 1
+    k.drops()
+    assert 2 not in k.remote[3], "the stale sub-host copy is dropped"
+    k.check()
+    k.check_slots()
+
+
+def test_push_overtaken_by_a_page_in_is_not_applied() -> None:
+    k = KernelModel(4, remote=True)
+    k.store_to(0, 1)
+    k.pin()
+    k.evict(4)
+    cands, data = k.push_begin(4)
+    k.store_to(0, 2)                               # paged in and rewritten meanwhile
+    k.push_end(cands, data, 1)
+    assert k.table.state[0] != PageState.REMOTE
+    k.drops()                                      # the pusher's next round
+    assert 0 not in k.remote.get(1, {}), "the stale pushed copy is dropped"
+    k.writeback(0)
+    k.evict(4)
+    assert k.load(0) == page_value(2)
+    k.check()
+
+
+def test_full_page_write_replaces_a_remote_page_partial_is_refused() -> None:
+    from nova_ipmigrate.memfs.pages import WriteRejected
+    k = KernelModel(4, remote=True)
+    k.store_to(0, 1)
+    k.pin()
+    k.evict(4)
+    k.push(4)
+    with pytest.raises(WriteRejected):
+        k.table.write(0, 8, memoryview(b"x" * 8))
+    k.table.write(0, 0, memoryview(page_value(5)))
+    assert k.table.state[0] == PageState.CACHED
+    k.drops()
+    assert k.remote[1] == {}
