@@ -6,10 +6,13 @@ options as ``nova_ipmigrate.conf.CONF.memfs.mountpoint``.
 
 from oslo_config import cfg
 
-from nova_ipmigrate.conf import guest, memfs, paths
+from nova_ipmigrate.conf import agent, fabric, guest, lab, memfs, paths
 
 CONF = cfg.CONF
 
 paths.register_opts(CONF)
 memfs.register_opts(CONF)
 guest.register_opts(CONF)
+fabric.register_opts(CONF)
+lab.register_opts(CONF)
+agent.register_opts(CONF)

@@ -1,4 +1,4 @@
-"""Running an ``ipmigrate-memfs`` daemon as a child process of the lab.
+"""Running an ``ipmigrate-memfs`` or ``ipmigrate-agent`` daemon as a child of the lab.
 
 Owns the daemon's config file, its start (ready when the mount answers and
 the control socket accepts), and a stop that cannot leave a hung mount:
@@ -49,20 +49,30 @@ def force_unmount(path: Path) -> None:
 class MemfsDaemon:
     """An ``ipmigrate-memfs`` process serving ``mountpoint``."""
 
-    def __init__(self, workdir: Path, options: dict[str, Any] | None = None) -> None:
+    module = "nova_ipmigrate.cmd.memfs"
+    name = "memfs"
+
+    def __init__(self, workdir: Path, options: dict[str, Any] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.workdir = workdir
         self.mountpoint = workdir / "memfs"
-        self.socket = workdir / "memfs.sock"
-        self.log = workdir / "memfs.log"
+        self.socket = workdir / f"{self.name}.sock"
+        self.log = workdir / f"{self.name}.log"
+        #: command prefix, e.g. to run inside a lab host's namespaces
+        self.prefix = prefix or []
         self.options = {"mountpoint": str(self.mountpoint),
                         "control_socket": str(self.socket), **(options or {})}
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def sections(self) -> dict[str, dict[str, Any]]:
+        return {"memfs": self.options}
+
     def write_config(self) -> Path:
-        lines = ["[DEFAULT]", f"state_path = {self.workdir}", f"log_file = {self.log}",
-                 "[memfs]"]
-        lines += [f"{k} = {v}" for k, v in self.options.items()]
-        path = self.workdir / "memfs.conf"
+        lines = ["[DEFAULT]", f"state_path = {self.workdir}", f"log_file = {self.log}"]
+        for section, opts in self.sections().items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {v}" for k, v in opts.items()]
+        path = self.workdir / f"{self.name}.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -71,14 +81,14 @@ class MemfsDaemon:
         force_unmount(self.mountpoint)  # leftovers of a crashed earlier run
         conf = self.write_config()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "nova_ipmigrate.cmd.memfs", "--config-file", str(conf)],
+            [*self.prefix, sys.executable, "-m", self.module, "--config-file", str(conf)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "memfs.stderr", "wb"), start_new_session=True)
+            stderr=open(self.workdir / f"{self.name}.stderr", "wb"), start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
                 raise MemfsDaemonError(
-                    f"ipmigrate-memfs exited with {self._proc.returncode}: "
+                    f"ipmigrate-{self.name} exited with {self._proc.returncode}: "
                     f"{self._tail()}")
             try:
                 self.call("stats", timeout=2)
@@ -87,12 +97,13 @@ class MemfsDaemon:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise MemfsDaemonError(f"ipmigrate-memfs not ready in {timeout}s: {self._tail()}")
+                raise MemfsDaemonError(
+                    f"ipmigrate-{self.name} not ready in {timeout}s: {self._tail()}")
             time.sleep(0.1)
 
     def _tail(self) -> str:
         out = []
-        for name in ("memfs.stderr", "memfs.log"):
+        for name in (f"{self.name}.stderr", f"{self.name}.log"):
             try:
                 out.append((self.workdir / name).read_text()[-2000:])
             except OSError:
@@ -138,3 +149,30 @@ class MemfsDaemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class AgentDaemon(MemfsDaemon):
+    """An ``ipmigrate-agent``: memfs, sub-host store and fabric endpoint of one host."""
+
+    module = "nova_ipmigrate.cmd.agent"
+    name = "agent"
+
+    def __init__(self, workdir: Path, host: str, key_file: Path, fabric_port: int,
+                 fabric_address: str = "127.0.0.1", memfs: dict[str, Any] | None = None,
+                 agent: dict[str, Any] | None = None,
+                 prefix: list[str] | None = None) -> None:
+        super().__init__(workdir, memfs, prefix)
+        self.options.pop("control_socket")
+        self.host = host
+        self.address = fabric_address
+        self.fabric_port = fabric_port
+        self.agent_options = {"host": host, "control_socket": str(self.socket), **(agent or {})}
+        self.fabric_options = {"listen_address": fabric_address, "port": fabric_port,
+                               "key_file": str(key_file)}
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        return {"memfs": self.options, "agent": self.agent_options,
+                "fabric": self.fabric_options}
+
+    def sub_host_entry(self) -> dict[str, Any]:
+        return {"name": self.host, "address": self.address, "port": self.fabric_port}

@@ -53,8 +53,12 @@ def _str_arg(req: dict[str, Any], name: str) -> str:
 class ControlServer:
     """Serves the control socket of one :class:`MemFS` on a thread."""
 
-    def __init__(self, fs: MemFS, path: Path, on_shutdown: Callable[[], None]) -> None:
+    def __init__(self, fs: MemFS, path: Path, on_shutdown: Callable[[], None],
+                 extra: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+                 ) -> None:
         self.fs = fs
+        #: more operations (the agent's); a handler raises ControlError on bad input
+        self.extra = extra or {}
         self.path = path
         self.on_shutdown = on_shutdown
         self._sock: socket.socket | None = None
@@ -131,6 +135,8 @@ class ControlServer:
                 return {"ok": True}
             if op == "shutdown":
                 return {"ok": True, "shutdown": True}
+            if isinstance(op, str) and op in self.extra:
+                return self.extra[op](req)
             raise ControlError(f"unknown operation {op!r}")
         except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
             return {"error": f"malformed request: {exc}", "errno": errno.EINVAL}

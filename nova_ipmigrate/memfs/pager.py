@@ -143,8 +143,11 @@ class Pager:
         while not self._stop.is_set():
             busy = False
             try:
-                for ram in self._active():
-                    busy |= self.push_some(ram, buf)
+                # Every file with remote paging, used or not: pending pushes and
+                # drops finish after the guest closed it too.
+                for _path, ram in self._files():
+                    if ram.table is not None and not ram.destroyed:
+                        busy |= self.push_some(ram, buf)
             except Exception:
                 LOG.exception("pusher failed; retrying")
             if not busy:

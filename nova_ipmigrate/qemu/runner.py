@@ -62,6 +62,8 @@ class QemuConfig:
     qemu_binary: str = "qemu-system-x86_64"
     machine: str = "pc"
     stderr_log: Path | None = None
+    #: command QEMU runs under, e.g. nsenter into a lab host's namespaces
+    wrapper: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def stderr_path(self) -> Path:
@@ -79,6 +81,7 @@ def build_command(config: QemuConfig) -> list[str]:
             # QEMU option syntax would need ",," escaping; refuse instead.
             raise ValueError(f"{name} must not contain ',': {value}")
     return [
+        *config.wrapper,
         config.qemu_binary,
         "-machine", f"{config.machine},memory-backend=ram0",
         "-accel", config.accel,

@@ -1,0 +1,66 @@
+"""The sub-host page store: pages this host holds for other hosts' VMs.
+
+Serves the fabric's :class:`~nova_ipmigrate.fabric.service.PageService`:
+pages are keyed by (instance UUID, page number) and live in a fixed-capacity
+:class:`~nova_ipmigrate.memfs.store.PageStore`. A PUT is all or nothing: when
+the store cannot take every new page it refuses the whole request.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+
+from nova_ipmigrate.fabric.errors import StoreFullError
+from nova_ipmigrate.memfs.store import PageStore
+
+Buffer = bytes | bytearray | memoryview
+
+
+class SubHostStore:
+    def __init__(self, capacity_pages: int) -> None:
+        self.store = PageStore(capacity_pages)
+        self._lock = threading.Lock()
+        self._vms: dict[uuid.UUID, dict[int, int]] = {}
+        self.gets = self.puts = self.drops = 0
+
+    def get_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> list[Buffer | None]:
+        with self._lock:
+            held = self._vms.get(vm, {})
+            self.gets += len(pages)
+            # Copies: a concurrent drop may reuse the slot before the reply is sent.
+            return [self.store.slot(held[p]).tobytes() if p in held else None for p in pages]
+
+    def put_pages(self, vm: uuid.UUID, pages: Sequence[int], data: Sequence[Buffer]) -> None:
+        with self._lock:
+            held = self._vms.setdefault(vm, {})
+            new = [p for p in dict.fromkeys(pages) if p not in held]
+            if len(new) > self.store.free:
+                raise StoreFullError(
+                    f"sub-host store full: {len(new)} new page(s), {self.store.free} free",
+                    list(pages))
+            for p, slot in zip(new, self.store.allocate(len(new)), strict=True):
+                held[p] = slot
+            for p, d in zip(pages, data, strict=True):
+                self.store.slot(held[p])[:] = d
+            self.puts += len(pages)
+
+    def drop_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> None:
+        with self._lock:
+            held = self._vms.get(vm)
+            if held is None:
+                return
+            for p in pages:
+                slot = held.pop(p, None)
+                if slot is not None:
+                    self.store.release(slot)
+            if not held:
+                del self._vms[vm]
+            self.drops += len(pages)
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            return {"capacity_pages": self.store.capacity, "used_pages": self.store.used,
+                    "vms": {str(vm): len(held) for vm, held in self._vms.items()},
+                    "gets": self.gets, "puts": self.puts, "drops": self.drops}

@@ -1,0 +1,36 @@
+"""``ipmigrate-bench``: run one benchmark of BENCHMARKS.md; prints JSON and a summary.
+
+One subcommand per benchmark; ``--quick`` is the small configuration CI runs
+so that a benchmark cannot rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nova_ipmigrate.bench import fabric
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipmigrate-bench",
+        description="Benchmarks of nova-ipmigrate. Each reports ratios measured side by "
+        "side in the same run (JSON on stdout, a summary on stderr).")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    fabric_parser = benchmarks.add_parser(
+        "fabric", help="B5: fabric bulk throughput vs plain TCP; page-in latency",
+        description=fabric.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fabric.add_arguments(fabric_parser)
+    fabric_parser.set_defaults(run=fabric.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

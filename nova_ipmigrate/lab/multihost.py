@@ -1,0 +1,102 @@
+"""A split-memory instance across lab hosts: main host plus sub-hosts, oracle inside.
+
+Owns the multi-host run behind ``ipmigrate-demo --hosts N`` and the remote
+paging integration test: bring the lab up (hosts as namespaces), start an
+``ipmigrate-agent`` in every host, prepare the guest's RAM file on the main
+host (h1) with its resident limit and the other hosts as its sub-hosts, boot
+the oracle guest inside h1, and sample it like the single-host run. Everything
+is torn down again, also on failure (the lab's ``down`` also after a crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nova_ipmigrate.fabric import auth
+from nova_ipmigrate.guest.image import ensure_guest_image, kernel_cmdline
+from nova_ipmigrate.guest.serial import OracleMonitor
+from nova_ipmigrate.lab.hosts import Lab
+from nova_ipmigrate.lab.memfsd import AgentDaemon
+from nova_ipmigrate.lab.singlehost import (
+    MIB,
+    RAM_PATH,
+    RunResult,
+    Sample,
+    SingleHostParams,
+    _monitor,
+)
+from nova_ipmigrate.qemu.memcg import MemoryCgroup
+from nova_ipmigrate.qemu.runner import QemuConfig, QemuProcess
+from nova_ipmigrate.qemu.shim import ensure_nohuge_shim
+
+FABRIC_PORT = 47800
+
+
+@dataclass
+class SplitParams(SingleHostParams):
+    hosts: int = 3
+    #: tc rate of every host's link (e.g. "1gbit"); None: unshaped
+    link: str | None = None
+    lab_prefix: str = "ipm"
+    placement_policy: str = "round_robin"
+    substore_mb: int = 1024
+
+
+def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
+              ) -> tuple[RunResult, dict[str, Any]]:
+    """Boot the oracle guest as a split-memory instance; returns the run and per-host stats."""
+    if p.hosts < 2:
+        raise ValueError("a split-memory instance needs a main host and at least one sub-host")
+    p.workdir.mkdir(parents=True, exist_ok=True)
+    image = ensure_guest_image(p.cache_dir, p.kernel_package)
+    shim = ensure_nohuge_shim(p.cache_dir) if p.block_thp_readahead else None
+    key = p.workdir / "fabric.key"
+    if not key.exists():
+        auth.generate_key_file(key)
+    lab = Lab(p.workdir / "lab", prefix=p.lab_prefix)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lab.down)
+        hosts = lab.up(p.hosts, p.link)
+        agents: list[AgentDaemon] = []
+        for h in hosts:
+            d = AgentDaemon(h.state_dir, h.hostname, key, FABRIC_PORT, h.address,
+                            memfs={"max_readahead_kb": p.max_readahead_kb,
+                                   "page_store_mb": p.page_store_mb,
+                                   "pin_resident_pages": p.pin_resident_pages,
+                                   "reader_threads": 3},
+                            agent={"placement_policy": p.placement_policy,
+                                   "substore_mb": p.substore_mb},
+                            prefix=h.enter_command([], cwd=h.state_dir))
+            d.start()
+            stack.callback(d.stop)
+            agents.append(d)
+        main, subs = agents[0], agents[1:]
+        vm = uuid.uuid4()
+        main.call("create", path=RAM_PATH, size=p.ram_mb * MIB, resident_limit=p.limit_bytes)
+        main.call("set_remote", path=RAM_PATH, vm=str(vm),
+                  sub_hosts=[s.sub_host_entry() for s in subs])
+        memcg = MemoryCgroup(f"ipmigrate-split-{vm.hex[:8]}")
+        stack.callback(memcg.destroy)
+        serial = p.workdir / "serial.log"
+        serial.unlink(missing_ok=True)
+        qemu = QemuProcess(QemuConfig(
+            ram_mb=p.ram_mb, ram_path=main.mountpoint / RAM_PATH, kernel=image.kernel,
+            initrd=image.initrd,
+            append=kernel_cmdline(p.oracle_size_mib, p.seconds, report_s=p.report_s),
+            serial_log=serial, qmp_socket=p.workdir / "qmp.sock", accel=p.accel,
+            block_thp_readahead=p.block_thp_readahead, shim_path=shim, memcg=memcg,
+            qemu_binary=p.qemu_binary, wrapper=hosts[0].enter_command([])))
+        qemu.start()
+        stack.callback(qemu.stop)
+        result = _monitor(p, main, qemu, memcg, OracleMonitor(serial), on_sample)
+        per_host = {d.host: d.call("agent_stats") for d in agents}
+        per_host_pages = {
+            h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}
+        per_host_pages[main.host] = result.memfs["files"][RAM_PATH]["resident"]
+        return result, {"vm": str(vm), "pages_by_host": per_host_pages,
+                        "fabric": {h: s["fabric"] for h, s in per_host.items()}}
+    raise AssertionError("unreachable")
