@@ -56,6 +56,7 @@ class Agent:
         self.control = ControlServer(self.memfs, config.control_socket,
                                      on_shutdown or (lambda: None),
                                      extra={"set_remote": self._set_remote,
+                                            "split": self._split,
                                             "agent_stats": self._agent_stats})
         self._remotes: dict[str, FabricRemotePaging] = {}
 
@@ -106,6 +107,25 @@ class Agent:
         ram.set_remote(vm, backend)
         self._remotes[path] = backend
         return {"ok": True}
+
+    def _split(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Split migration: a running VM's RAM file gets sub-hosts and a resident limit.
+
+        Cold pages leave at once, evicted least recently paged-in first and sent
+        straight to the sub-host the placement policy picks (through a bounded
+        batch buffer, never gathered anywhere else); the VM keeps running and
+        pages it touches meanwhile simply stay or come back. Progress: ``stats``.
+        """
+        limit = req.get("resident_limit")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < PAGE:
+            raise ControlError("'resident_limit' must be an integer >= 4096 (bytes)")
+        path = _str_arg(req, "path")
+        ram = self.memfs.find(path)
+        if ram.remote is None:
+            self._set_remote(req)
+        resident = ram.table.resident if ram.table is not None else 0
+        self.memfs.set_resident_limit(path, limit)
+        return {"ok": True, "pages_to_move": max(0, resident - limit // PAGE)}
 
     def _agent_stats(self, req: dict[str, Any]) -> dict[str, Any]:
         fab = self.fabric.stats()

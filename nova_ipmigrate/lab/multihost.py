@@ -44,6 +44,9 @@ class SplitParams(SingleHostParams):
     lab_prefix: str = "ipm"
     placement_policy: str = "round_robin"
     substore_mb: int = 1024
+    #: split migration: boot as a normal single-host VM (no limit, no sub-hosts) and
+    #: split it this many seconds after the oracle filled its memory; None: boot split
+    split_after_s: float | None = None
 
 
 def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
@@ -76,9 +79,19 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
             agents.append(d)
         main, subs = agents[0], agents[1:]
         vm = uuid.uuid4()
-        main.call("create", path=RAM_PATH, size=p.ram_mb * MIB, resident_limit=p.limit_bytes)
-        main.call("set_remote", path=RAM_PATH, vm=str(vm),
-                  sub_hosts=[s.sub_host_entry() for s in subs])
+
+        def split() -> dict[str, Any]:
+            return main.call("split", path=RAM_PATH, vm=str(vm), resident_limit=p.limit_bytes,
+                             sub_hosts=[s.sub_host_entry() for s in subs])
+
+        actions = []
+        if p.split_after_s is None:
+            main.call("create", path=RAM_PATH, size=p.ram_mb * MIB,
+                      resident_limit=p.limit_bytes)
+            split()
+        else:
+            main.call("create", path=RAM_PATH, size=p.ram_mb * MIB, resident_limit=0)
+            actions.append((p.split_after_s, "split_migration", split))
         memcg = MemoryCgroup(f"ipmigrate-split-{vm.hex[:8]}")
         stack.callback(memcg.destroy)
         serial = p.workdir / "serial.log"
@@ -92,7 +105,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
             qemu_binary=p.qemu_binary, wrapper=hosts[0].enter_command([])))
         qemu.start()
         stack.callback(qemu.stop)
-        result = _monitor(p, main, qemu, memcg, OracleMonitor(serial), on_sample)
+        result = _monitor(p, main, qemu, memcg, OracleMonitor(serial), on_sample, actions)
         per_host = {d.host: d.call("agent_stats") for d in agents}
         per_host_pages = {
             h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}

@@ -104,6 +104,8 @@ class RunResult:
     refetched_pages: int
     throttled_page_ins: int
     reclaim: dict[str, Any] = field(default_factory=dict)
+    #: what the run's timed actions returned, by name
+    events: dict[str, Any] = field(default_factory=dict)
     memfs: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
 
@@ -169,8 +171,13 @@ def _file_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return files.get(RAM_PATH) or next(iter(files.values()))
 
 
+#: an action run once, ``after_s`` seconds after the oracle filled its memory
+Action = tuple[float, str, Callable[[], dict[str, Any]]]
+
+
 def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: QemuProcess, memcg: MemoryCgroup,
-             oracle: OracleMonitor, on_sample: Callable[[Sample], None] | None) -> RunResult:
+             oracle: OracleMonitor, on_sample: Callable[[Sample], None] | None,
+             actions: list[Action] | None = None) -> RunResult:
     t0 = time.monotonic()
     # boot and fill take a while under TCG; the run itself is p.seconds
     deadline = t0 + p.seconds + 240
@@ -179,6 +186,8 @@ def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: QemuProcess, memcg:
     samples: list[Sample] = []
     rss: list[int] = []
     reclaim: dict[str, Any] = {}
+    pending = sorted(actions or [], key=lambda a: a[0])
+    events: dict[str, Any] = {}
     filled_at: float | None = None
     paging_start: dict[str, Any] | None = None
     paging_start_t = 0.0
@@ -200,6 +209,10 @@ def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: QemuProcess, memcg:
             reclaim = {"t": now - t0, "before": before, "after": memcg.usage_bytes(),
                        "freed": freed}
             LOG.info("forced memcg reclaim: %s", reclaim)
+        while pending and filled_at is not None and now - filled_at >= pending[0][0]:
+            _after, name, fn = pending.pop(0)
+            events[name] = {"t": now - t0, **fn()}
+            LOG.info("%s at t=%.1fs: %s", name, now - t0, events[name])
         if now >= next_sample:
             next_sample = now + p.sample_s
             stats = daemon.stats()
@@ -245,5 +258,5 @@ def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: QemuProcess, memcg:
         max_rss_kb=max(rss, default=0), mean_rss_kb=sum(rss) / len(rss) if rss else 0.0,
         rss_limit_kb=p.limit_bytes // 1024, lost_pages=cur.get("lost", 0),
         refetched_pages=cur.get("refetched", 0),
-        throttled_page_ins=stats.get("throttled_page_ins", 0), reclaim=reclaim,
+        throttled_page_ins=stats.get("throttled_page_ins", 0), reclaim=reclaim, events=events,
         memfs={k: v for k, v in stats.items() if k != "read_latency_hist"}, samples=samples)
