@@ -57,6 +57,7 @@ class Agent:
                                      on_shutdown or (lambda: None),
                                      extra={"set_remote": self._set_remote,
                                             "split": self._split,
+                                            "page_map": self._page_map,
                                             "agent_stats": self._agent_stats})
         self._remotes: dict[str, FabricRemotePaging] = {}
 
@@ -126,6 +127,15 @@ class Agent:
         resident = ram.table.resident if ram.table is not None else 0
         self.memfs.set_resident_limit(path, limit)
         return {"ok": True, "pages_to_move": max(0, resident - limit // PAGE)}
+
+    def _page_map(self, req: dict[str, Any]) -> dict[str, Any]:
+        ram = self.memfs.find(_str_arg(req, "path"))
+        if ram.table is None:
+            raise ControlError("the RAM file has no size yet")
+        holders = {str(i + 1): s.name for i, s in
+                   enumerate(getattr(ram.remote, "sub_hosts", []))}
+        return {"ok": True, "host": self.config.host_name, "map": ram.table.page_map(),
+                "holders": holders, "stats": ram.stats()}
 
     def _agent_stats(self, req: dict[str, Any]) -> dict[str, Any]:
         fab = self.fabric.stats()

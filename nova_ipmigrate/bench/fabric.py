@@ -40,7 +40,7 @@ from nova_ipmigrate.fabric.auth import SharedKey
 from nova_ipmigrate.fabric.client import ROUTE_RUN_PAGES, FabricClient
 from nova_ipmigrate.fabric.connection import tune_socket
 from nova_ipmigrate.fabric.server import FabricServer
-from nova_ipmigrate.fabric.wire import Buffer
+from nova_ipmigrate.fabric.wire import HEADER_SIZE, Buffer
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 
 HOST = "bench-main"
@@ -54,6 +54,10 @@ LATENCY_PAGES = 4096
 #: One page in this many is non-zero in the zero-heavy transfer.
 ZERO_HEAVY_EVERY = 10
 _CHUNK = 4 * 2**20
+_SEND_SIZE = 2**20
+#: Sizes of a one-page GET_PAGES and of its PAGES reply, for the plain TCP round trip.
+_PAGE_IN_REQUEST = HEADER_SIZE + 8
+_PAGE_IN_REPLY = HEADER_SIZE + 8 + 1 + PAGE_SIZE
 
 TARGETS = {"fabric_vs_plain_tcp": 0.8, "page_in_p50_us": 100, "page_in_p99_us": 1000}
 
@@ -133,9 +137,11 @@ def _fabric_peer(pipe: Pipe, settings: Settings, key: bytes) -> None:
 
 
 def _plain_peer(pipe: Pipe, settings: Settings) -> None:
-    """Read every connection to its end into one buffer, then answer one byte."""
-    listener = socket.create_server((settings.address, 0), backlog=64)
-    pipe.send(listener.getsockname()[1])
+    """Plain TCP: a bulk sink (reads each connection to its end into one buffer, then
+    answers one byte) and an echo answering each page-in-sized request with a page."""
+    sink = socket.create_server((settings.address, 0), backlog=64)
+    echo = socket.create_server((settings.address, 0), backlog=64)
+    pipe.send((sink.getsockname()[1], echo.getsockname()[1]))
 
     def drain(sock: socket.socket) -> None:
         with sock:
@@ -145,9 +151,31 @@ def _plain_peer(pipe: Pipe, settings: Settings) -> None:
                 pass
             sock.sendall(b"k")
 
-    while True:
-        sock, _ = listener.accept()
-        threading.Thread(target=drain, args=(sock,), daemon=True).start()
+    def answer(sock: socket.socket) -> None:
+        with sock:
+            tune_socket(sock)
+            request = bytearray(_PAGE_IN_REQUEST)
+            reply = os.urandom(_PAGE_IN_REPLY)
+            while _recv_exact(sock, request):
+                sock.sendall(reply)
+
+    def serve(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+        while True:
+            sock, _ = listener.accept()
+            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=serve, args=(echo, answer), daemon=True).start()
+    serve(sink, drain)
+
+
+def _recv_exact(sock: socket.socket, buffer: bytearray) -> bool:
+    view, got = memoryview(buffer), 0
+    while got < len(buffer):
+        n = sock.recv_into(view[got:])
+        if not n:
+            return False
+        got += n
+    return True
 
 
 class _Peer:
@@ -161,7 +189,7 @@ class _Peer:
         if not self._pipe.poll(60):
             self._process.kill()
             raise RuntimeError("benchmark peer process did not start")
-        self.port: int = self._pipe.recv()
+        self.address: Any = self._pipe.recv()  # what the peer tells: its port(s)
 
     def close(self) -> None:
         try:
@@ -177,9 +205,10 @@ class _Peer:
 # -- measurements -------------------------------------------------------------------------
 
 
-def plain_tcp(settings: Settings, port: int, streams: int) -> Transfer:
+def plain_tcp(settings: Settings, port: int, streams: int, source: memoryview) -> Transfer:
+    """Send ``bulk_mib`` over ``streams`` connections from ``source`` (the fabric runs'
+    pages, so both read the same memory), 1 MiB per send like a bulk batch."""
     total = settings.bulk_mib * 2**20
-    source = memoryview(os.urandom(_CHUNK))
     socks = []
     for _ in range(streams):
         sock = socket.create_connection((settings.address, port))
@@ -187,10 +216,12 @@ def plain_tcp(settings: Settings, port: int, streams: int) -> Transfer:
         socks.append(sock)
 
     def send(sock: socket.socket, size: int) -> None:
+        offset = 0
         while size > 0:
-            chunk = source[:min(size, _CHUNK)]
+            chunk = source[offset:offset + min(size, _SEND_SIZE)]
             sock.sendall(chunk)
             size -= len(chunk)
+            offset = (offset + len(chunk)) % len(source)
         sock.shutdown(socket.SHUT_WR)
         sock.recv(1)  # the receiver has read everything
         sock.close()
@@ -204,8 +235,11 @@ def plain_tcp(settings: Settings, port: int, streams: int) -> Transfer:
     return Transfer(total // streams * streams, time.perf_counter() - start)
 
 
-def _source_pages() -> list[memoryview]:
-    source = memoryview(os.urandom(SOURCE_PAGES * PAGE_SIZE))
+def _source() -> memoryview:
+    return memoryview(os.urandom(SOURCE_PAGES * PAGE_SIZE))
+
+
+def _pages_of(source: memoryview) -> list[memoryview]:
     return [source[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(SOURCE_PAGES)]
 
 
@@ -228,43 +262,65 @@ def fabric_bulk(client: FabricClient, settings: Settings, pages: list[memoryview
     return Transfer(count * PAGE_SIZE, time.perf_counter() - start)
 
 
-def page_in_latency(client: FabricClient, settings: Settings) -> dict[str, float]:
-    pages = _source_pages()[:LATENCY_PAGES]
+def _latencies(one: Callable[[int], object], samples: int) -> dict[str, float]:
+    """p50/p99 (us) and rate of ``one(page)`` for random pages, after a warm-up."""
+    choice = random.Random(5).randrange
+    for _ in range(min(500, samples)):
+        one(choice(LATENCY_PAGES))
+    times = []
+    began = time.perf_counter()
+    for _ in range(samples):
+        page = choice(LATENCY_PAGES)
+        start = time.perf_counter()
+        one(page)
+        times.append(time.perf_counter() - start)
+    elapsed = time.perf_counter() - began
+    quantiles = statistics.quantiles(times, n=100)
+    return {"samples": samples, "p50_us": round(quantiles[49] * 1e6, 1),
+            "p99_us": round(quantiles[98] * 1e6, 1), "per_s": round(samples / elapsed)}
+
+
+def page_in_latency(client: FabricClient, settings: Settings,
+                    pages: list[memoryview]) -> dict[str, float]:
     for first in range(0, LATENCY_PAGES, 1024):
         client.put_pages(LATENCY_VM, list(range(first, first + 1024)),
                          pages[first:first + 1024])
-    choice = random.Random(5).randrange
-    samples = []
-    for _ in range(min(500, settings.latency_samples)):  # warm up
-        client.get_pages(LATENCY_VM, [choice(LATENCY_PAGES)])
-    began = time.perf_counter()
-    for _ in range(settings.latency_samples):
-        page = choice(LATENCY_PAGES)
-        start = time.perf_counter()
-        client.get_pages(LATENCY_VM, [page])
-        samples.append(time.perf_counter() - start)
-    elapsed = time.perf_counter() - began
-    quantiles = statistics.quantiles(samples, n=100)
-    return {"samples": len(samples), "p50_us": round(quantiles[49] * 1e6, 1),
-            "p99_us": round(quantiles[98] * 1e6, 1),
-            "page_ins_per_s": round(len(samples) / elapsed)}
+    return _latencies(lambda page: client.get_pages(LATENCY_VM, [page]),
+                      settings.latency_samples)
+
+
+def plain_round_trip(settings: Settings, port: int) -> dict[str, float]:
+    """The same exchange in plain TCP: a page-in-sized request, a page-sized answer."""
+    with socket.create_connection((settings.address, port)) as sock:
+        tune_socket(sock)
+        request = bytes(_PAGE_IN_REQUEST)
+        reply = bytearray(_PAGE_IN_REPLY)
+
+        def one(_page: int) -> None:
+            sock.sendall(request)
+            _recv_exact(sock, reply)
+
+        return _latencies(one, settings.latency_samples)
 
 
 def run(settings: Settings) -> dict[str, Any]:
     key = secrets.token_bytes(32)
     streams = settings.streams
+    source = _source()
+    pages = _pages_of(source)
     plain_peer = _Peer(_plain_peer, settings)
+    sink_port, echo_port = plain_peer.address
     try:
-        plain = {n: _median([plain_tcp(settings, plain_peer.port, n)
+        plain = {n: _median([plain_tcp(settings, sink_port, n, source)
                              for _ in range(settings.repeats)])
                  for n in sorted({1, streams})}
+        plain_latency = plain_round_trip(settings, echo_port)
     finally:
         plain_peer.close()
     fabric_peer = _Peer(_fabric_peer, settings, key)
-    pages = _source_pages()
 
     def connect(n: int) -> FabricClient:
-        return FabricClient(HOST, settings.address, fabric_peer.port, SharedKey(key), PEER,
+        return FabricClient(HOST, settings.address, fabric_peer.address, SharedKey(key), PEER,
                             streams=n, batch_pages=settings.batch_pages,
                             buffer_bytes=settings.buffer_bytes)
 
@@ -282,7 +338,7 @@ def run(settings: Settings) -> dict[str, Any]:
                 if n == streams:
                     zero_heavy = measure(client, ZERO_HEAVY_EVERY)
         with connect(1) as client:
-            latency = page_in_latency(client, settings)
+            latency = page_in_latency(client, settings, pages)
     finally:
         fabric_peer.close()
     return {
@@ -300,6 +356,9 @@ def run(settings: Settings) -> dict[str, Any]:
                 round(fabric[streams].mib_per_s / plain[1].mib_per_s, 3),
         },
         "page_in": latency,
+        "plain_tcp_round_trip": plain_latency,
+        "page_in_p50_vs_plain_tcp_round_trip":
+            round(latency["p50_us"] / plain_latency["p50_us"], 2),
         "targets": TARGETS,
     }
 
@@ -321,10 +380,15 @@ def summary(result: dict[str, Any]) -> str:
     ]
     lines += [f"  ratio {name}: {value:.2f} (target >= {TARGETS['fabric_vs_plain_tcp']})"
               for name, value in result["ratios"].items()]
+    plain_rtt = result["plain_tcp_round_trip"]
     lines.append(
         f"  page-in of 1 page: p50 {latency['p50_us']:.0f} us (target <= "
         f"{TARGETS['page_in_p50_us']}), p99 {latency['p99_us']:.0f} us (target <= "
-        f"{TARGETS['page_in_p99_us']}), {latency['page_ins_per_s']} page-ins/s, 1 thread")
+        f"{TARGETS['page_in_p99_us']}), {latency['per_s']} page-ins/s, 1 thread")
+    lines.append(
+        f"  plain TCP round trip of the same sizes: p50 {plain_rtt['p50_us']:.0f} us, "
+        f"p99 {plain_rtt['p99_us']:.0f} us (page-in p50 = "
+        f"{result['page_in_p50_vs_plain_tcp_round_trip']:.1f}x)")
     return "\n".join(lines)
 
 

@@ -38,6 +38,28 @@ def _run(title: str, params: SingleHostParams, quiet: bool) -> RunResult:
     return result
 
 
+def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
+    from nova_ipmigrate.lab.multihost import SplitParams, run_split
+    params = SplitParams(**{**base.__dict__, "workdir": base.workdir / "split"},
+                         hosts=args.hosts, link=args.link, split_after_s=args.split_after)
+    how = (f"split {args.split_after:.0f}s after the oracle filled its memory"
+           if args.split_after is not None else "booted split")
+    print(f"\n== split-memory instance: main host h1 + {args.hosts - 1} sub-host(s), "
+          f"resident limit {args.limit_pct}%, {how}", flush=True)
+    result, hosts = run_split(params, on_sample=None if args.quiet else _print_sample)
+    print(result.summary())
+    print("pages by host: " + ", ".join(f"{h} {n}" for h, n in hosts["pages_by_host"].items()))
+    print(hosts["memory_view"])
+    print("memory map: " + ", ".join(hosts["memory_map"]))
+    f = result.memfs["files"]
+    for name, ram in f.items():
+        print(f"{name}: remote page-ins {ram['remote_page_ins']}, remote page-outs "
+              f"{ram['remote_page_outs']}, broken {ram['broken']}")
+    if args.json:
+        args.json.write_text(json.dumps({"split": result.to_dict(), "hosts": hosts}, indent=1))
+    return 0 if result.ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ipmigrate-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +81,17 @@ def parser() -> argparse.ArgumentParser:
                     help="run QEMU without the MADV_HUGEPAGE shim")
     ap.add_argument("--compare-readahead", action="store_true",
                     help="also run with THP readahead allowed and with a 128 KiB window")
+    ap.add_argument("--compare-victims", action="store_true",
+                    help="also run a skewed oracle (90%% of accesses to 10%% of its pages) "
+                         "with recency and with random victim selection")
+    ap.add_argument("--hosts", type=int, default=1,
+                    help="lab hosts: 1 = memfs on one host; N >= 2 = a split-memory "
+                         "instance, main host h1 and sub-hosts h2..hN (namespaces)")
+    ap.add_argument("--link", default=None,
+                    help="with --hosts: tc rate of every host's link, e.g. 1gbit")
+    ap.add_argument("--split-after", type=float, default=None,
+                    help="with --hosts: boot a normal VM and split it (split migration) "
+                         "this many seconds after the oracle filled its memory")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where logs and sockets go (default: <state_path>/lab/demo)")
     ap.add_argument("--json", type=Path, default=None, help="write all results as JSON here")
@@ -90,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         accel=CONF.guest.accel, kernel_package=CONF.guest.kernel_package,
         qemu_binary=CONF.guest.qemu_binary)
     runs: dict[str, RunResult] = {}
+    if args.hosts >= 2:
+        return _split_demo(args, base)
     runs["paged"] = _run(f"guest RAM on memfs, resident limit {args.limit_pct}%", base,
                          args.quiet)
     short = replace(base, seconds=args.baseline_seconds, reclaim_at_s=None)
@@ -102,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                 replace(short, block_thp_readahead=False), True)
             runs["readahead_128k"] = _run("paged, 128 KiB prefetch window",
                                           replace(short, max_readahead_kb=128), True)
+        if args.compare_victims:
+            skewed = replace(short, hot_percent=90, hot_set_percent=10)
+            runs["skewed_recency"] = _run("skewed oracle, recency victim selection",
+                                          skewed, True)
+            runs["skewed_random"] = _run("skewed oracle, random victim selection",
+                                         replace(skewed, victim_policy="random"), True)
     print("\n== comparison")
     ref = runs["paged"]
     for name, r in runs.items():

@@ -56,6 +56,15 @@ MEMFS_OPTS: list[cfg.Opt] = [
         help="Resident limit (MiB) of a RAM file for which none was set explicitly. "
         "0 means unlimited.",
     ),
+    cfg.StrOpt(
+        "victim_policy",
+        default="recency",
+        choices=[("recency", "least recently paged-in first; pages that fault back soon "
+                  "after a page-out get a second chance"),
+                 ("random", "random resident pages (for comparison only)")],
+        help="How the evictor chooses the pages to page out when a RAM file is over its "
+        "resident limit.",
+    ),
     cfg.IntOpt(
         "page_store_mb",
         default=4096,

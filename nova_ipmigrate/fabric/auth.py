@@ -29,6 +29,7 @@ import os
 import secrets
 import ssl
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from nova_ipmigrate.fabric.errors import (
     ErrorCode,
     FabricAuthError,
     FabricConfigError,
+    FabricError,
     FabricProtocolError,
     remote_error,
 )
@@ -121,7 +123,7 @@ def _refuse(conn: Connection, reason: str) -> FabricAuthError:
     try:
         conn.send(wire.encode_error(0, wire.NO_VM, ErrorCode.AUTH_FAILED,
                                     "authentication failed"))
-    except Exception:  # noqa: BLE001 - the peer may be gone already; we close anyway
+    except FabricError:  # the peer may be gone already; we close anyway
         pass
     conn.close()
     return FabricAuthError(reason)
@@ -218,15 +220,14 @@ class TlsConfig:
         return self._context(server_side=False)
 
 
-def certificate_names(cert: dict[str, object]) -> list[str]:
+def certificate_names(cert: Mapping[str, Any]) -> list[str]:
     """DNS and IP subjectAltNames of a verified certificate, else its commonName."""
-    san = cert.get("subjectAltName") or ()
-    names = [str(value) for kind, value in san  # type: ignore[attr-defined]
+    names = [str(value) for kind, value in cert.get("subjectAltName", ())
              if kind in ("DNS", "IP Address")]
     if names:
         return names
-    return [str(value) for rdn in cert.get("subject") or ()  # type: ignore[attr-defined]
-            for key, value in rdn if key == "commonName"]
+    return [str(value) for rdn in cert.get("subject", ()) for key, value in rdn
+            if key == "commonName"]
 
 
 def check_peer_certificate(sock: ssl.SSLSocket, expected_name: str) -> None:
@@ -234,7 +235,7 @@ def check_peer_certificate(sock: ssl.SSLSocket, expected_name: str) -> None:
     cert = sock.getpeercert()
     if not cert:
         raise FabricAuthError("peer presented no certificate")
-    names = certificate_names(dict(cert))
+    names = certificate_names(cert)
     if expected_name.lower() not in (name.lower() for name in names):
         raise FabricAuthError(
             f"peer certificate is for {', '.join(names) or 'no name'}, "

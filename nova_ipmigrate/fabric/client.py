@@ -59,7 +59,7 @@ class _Pool:
         self._lent: set[Connection] = set()
         self._opening = 0
         self._closed = False
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # not the default RLock: hot path
 
     def acquire(self, block: bool = True) -> Connection | None:
         """An idle connection, or a new one if the pool is not full; None if not ``block``."""
@@ -349,6 +349,13 @@ def _distribute(items: Iterable[tuple[int, wire.Buffer]], streams: list[_BulkStr
                 batch: int, abort: threading.Event) -> None:
     """Cut ``items`` into batches, each stream getting the runs routed to it."""
     count = len(streams)
+    if count == 1:
+        # Nothing to route: cut batches in C (islice, zip), not page by page.
+        source = iter(items)
+        while (chunk := list(itertools.islice(source, batch))) and not abort.is_set():
+            numbers, contents = zip(*chunk, strict=True)
+            streams[0].batches.put((numbers, contents))
+        return
     pages: list[list[int]] = [[] for _ in streams]
     data: list[list[wire.Buffer]] = [[] for _ in streams]
     for page, content in items:
@@ -376,7 +383,7 @@ class _BulkStream:
         self.vm = vm
         self.abort = abort
         # Bounded: the producer must not read the whole source ahead of the network.
-        self.batches: queue.Queue[tuple[list[int], list[wire.Buffer]] | None] = queue.Queue(
+        self.batches: queue.Queue[tuple[Sequence[int], Sequence[wire.Buffer]] | None] = queue.Queue(
             maxsize=2 * client.window)
         self.error: BaseException | None = None
         self.pages_sent = 0
@@ -386,23 +393,25 @@ class _BulkStream:
         self._retries = 0
 
     def run(self) -> None:
+        ended = False  # the producer's end marker (None) was taken
         try:
             while (item := self.batches.get()) is not None:
                 if not self.abort.is_set():
                     self._send(*item)
+            ended = True
             while self._unacked:
                 self._ack_oldest()
-        except BaseException as exc:  # noqa: BLE001 - handed to bulk_put's caller
+        except BaseException as exc:  # handed to bulk_put's caller
             self.error = exc
             self.abort.set()
-            while self.batches.get() is not None:
-                pass  # keep the producer from blocking on a full queue
+            while not ended:
+                ended = self.batches.get() is None  # keep the producer from blocking
         finally:
             if self.error is not None:
                 self.conn.close()  # unacked frames may be in flight: not reusable
             self.pool.release(self.conn)
 
-    def _send(self, pages: list[int], data: list[wire.Buffer]) -> None:
+    def _send(self, pages: Sequence[int], data: Sequence[wire.Buffer]) -> None:
         request_id = self.client.next_request_id()
         frame = wire.encode_pages(wire.MessageType.PUT_PAGES, request_id, self.vm, pages,
                                   data)

@@ -66,6 +66,7 @@ class Connection:
         self._view = memoryview(bytearray(_READ_AHEAD))
         self._start = self._end = 0
         self._large = bytearray(0)
+        self._large_last = False
 
     def __repr__(self) -> str:
         return f"<Connection to {self.peer}{' (closed)' if self.closed else ''}>"
@@ -148,16 +149,18 @@ class Connection:
             start = self._start
             header = wire.parse_header(self._view[start:start + wire.HEADER_SIZE],
                                        self.authenticated)
-            self._start = start = start + wire.HEADER_SIZE
+            self._start += wire.HEADER_SIZE
             length = header.length
             if length <= _READ_AHEAD:
-                self._fill(length, at_boundary=False)
+                self._fill(length, at_boundary=False)  # may move the buffered bytes
+                start = self._start
                 payload = self._view[start:start + length]
                 self._start += length
                 if keep:
                     payload = memoryview(bytearray(payload))
             else:
                 payload = self._receive_large(length, keep)
+            self._large_last = length > _READ_AHEAD
             wire.check_payload(header, payload)
         except BaseException as exc:
             self._fail(exc, "receiving from")
@@ -203,7 +206,10 @@ class Connection:
             self._view[:len(rest)] = rest
             self._start, self._end = 0, len(rest)
         while self._end - self._start < need:
-            n = self.sock.recv_into(self._view[self._end:])
+            # After a large frame the next is likely large too (a bulk stream): read
+            # just its header, so that its payload is not copied out of this buffer.
+            limit = self._start + need if self._large_last else _READ_AHEAD
+            n = self.sock.recv_into(self._view[self._end:limit])
             if not n:
                 if at_boundary and self._end == self._start:
                     return False

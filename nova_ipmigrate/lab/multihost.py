@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nova_ipmigrate.fabric import auth
-from nova_ipmigrate.guest.image import ensure_guest_image, kernel_cmdline
+from nova_ipmigrate.guest.image import ensure_guest_image
 from nova_ipmigrate.guest.serial import OracleMonitor
+from nova_ipmigrate.lab import memview
 from nova_ipmigrate.lab.hosts import Lab
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from nova_ipmigrate.lab.singlehost import (
@@ -70,7 +71,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                             memfs={"max_readahead_kb": p.max_readahead_kb,
                                    "page_store_mb": p.page_store_mb,
                                    "pin_resident_pages": p.pin_resident_pages,
-                                   "reader_threads": 3},
+                                   "reader_threads": 3, "victim_policy": p.victim_policy},
                             agent={"placement_policy": p.placement_policy,
                                    "substore_mb": p.substore_mb},
                             prefix=h.enter_command([], cwd=h.state_dir))
@@ -99,7 +100,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         qemu = QemuProcess(QemuConfig(
             ram_mb=p.ram_mb, ram_path=main.mountpoint / RAM_PATH, kernel=image.kernel,
             initrd=image.initrd,
-            append=kernel_cmdline(p.oracle_size_mib, p.seconds, report_s=p.report_s),
+            append=p.cmdline(),
             serial_log=serial, qmp_socket=p.workdir / "qmp.sock", accel=p.accel,
             block_thp_readahead=p.block_thp_readahead, shim_path=shim, memcg=memcg,
             qemu_binary=p.qemu_binary, wrapper=hosts[0].enter_command([])))
@@ -110,6 +111,10 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         per_host_pages = {
             h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}
         per_host_pages[main.host] = result.memfs["files"][RAM_PATH]["resident"]
+        view = memview.render(main.call("page_map", path=RAM_PATH), p.workdir)
         return result, {"vm": str(vm), "pages_by_host": per_host_pages,
-                        "fabric": {h: s["fabric"] for h, s in per_host.items()}}
+                        "fabric": {h: s["fabric"] for h, s in per_host.items()},
+                        "memory_view": view,
+                        "memory_map": [str(p.workdir / "memory-map.svg"),
+                                       str(p.workdir / "memory-map.png")]}
     raise AssertionError("unreachable")

@@ -55,11 +55,21 @@ class SingleHostParams:
     kernel_package: str = "linux-image-amd64"
     qemu_binary: str = "qemu-system-x86_64"
     sample_s: float = 1.0
+    victim_policy: str = "recency"
+    #: skewed oracle: this percentage of random accesses go to the hot set
+    hot_percent: int = 0
+    #: the hot set, as a percentage of the oracle's pages
+    hot_set_percent: int = 10
 
     @property
     def limit_bytes(self) -> int:
         lim = self.ram_mb * MIB * self.resident_limit_pct // 100
         return lim - lim % PAGE_SIZE
+
+    def cmdline(self) -> str:
+        return kernel_cmdline(self.oracle_size_mib, self.seconds, report_s=self.report_s,
+                              hot_percent=self.hot_percent,
+                              hot_set_percent=self.hot_set_percent)
 
     @property
     def oracle_size_mib(self) -> int:
@@ -144,7 +154,8 @@ def run_single_host(p: SingleHostParams,
     shim = ensure_nohuge_shim(p.cache_dir) if p.block_thp_readahead else None
     daemon = MemfsDaemon(p.workdir, {
         "max_readahead_kb": p.max_readahead_kb, "page_store_mb": p.page_store_mb,
-        "pin_resident_pages": p.pin_resident_pages, "reader_threads": 3})
+        "pin_resident_pages": p.pin_resident_pages, "reader_threads": 3,
+        "victim_policy": p.victim_policy})
     serial = p.workdir / "serial.log"
     serial.unlink(missing_ok=True)
     with contextlib.ExitStack() as stack:
@@ -156,10 +167,9 @@ def run_single_host(p: SingleHostParams,
         qemu = QemuProcess(QemuConfig(
             ram_mb=p.ram_mb, ram_path=daemon.mountpoint / RAM_PATH, kernel=image.kernel,
             initrd=image.initrd,
-            append=kernel_cmdline(p.oracle_size_mib, p.seconds, report_s=p.report_s),
-            serial_log=serial, qmp_socket=p.workdir / "qmp.sock", accel=p.accel,
-            block_thp_readahead=p.block_thp_readahead, shim_path=shim, memcg=memcg,
-            qemu_binary=p.qemu_binary))
+            append=p.cmdline(), serial_log=serial, qmp_socket=p.workdir / "qmp.sock",
+            accel=p.accel, block_thp_readahead=p.block_thp_readahead, shim_path=shim,
+            memcg=memcg, qemu_binary=p.qemu_binary))
         qemu.start()
         stack.callback(qemu.stop)
         return _monitor(p, daemon, qemu, memcg, OracleMonitor(serial), on_sample)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import random
 import threading
 from array import array
 from dataclasses import dataclass, field
@@ -46,6 +47,12 @@ _ZERO, _STORED, _CACHED, _CZ, _PINNED, _REMOTE = (int(s) for s in PageState)
 
 F_WINDOW = 1          # inside an open eviction window
 F_READ_IN_WINDOW = 2  # paged in while its window was open: stays resident
+
+#: Victim selection. memfs cannot see accesses to resident pages, so "recency"
+#: approximates them: least recently paged-in first, and a page that faults
+#: back in soon after being paged out (within a limit's worth of page-outs) is
+#: hot and gets one second chance. "random" exists to compare against.
+VICTIM_POLICIES = ("recency", "random")
 
 
 class WriteRejected(Exception):
@@ -130,6 +137,12 @@ class PageTable:
         #: (holder, page) copies at sub-hosts that are stale and must be dropped there
         self._drop_queue: collections.deque[tuple[int, int]] = collections.deque()
         self.epoch = 0
+        self.victim_policy = "recency"
+        #: page-outs since which a page-in counts as a refault of a hot page
+        self.hot_distance = max(1, npages // 4)
+        self._out_seq = array("Q", [0]) * npages  # page-out count when it last left
+        self._hot = bytearray(npages)
+        self._rng = random.Random(npages)
         self.stats = PageCounters()
         self._last_full_log = 0
 
@@ -201,9 +214,15 @@ class PageTable:
                     self._set(p, _CZ)
                 if in_window:
                     self.flags[p] |= F_READ_IN_WINDOW
+                self._note_refault(p)
                 self.stats.page_ins += 1
                 self._became_resident(p)
         return remote
+
+    def _note_refault(self, p: int) -> None:
+        out = self._out_seq[p]
+        if out and self.stats.page_outs - out < self.hot_distance:
+            self._hot[p] = 1
 
     def fill_remote(self, page: int, data: memoryview | bytes) -> int:
         """A page fetched from its sub-host for a READ: it becomes CACHED here.
@@ -217,6 +236,7 @@ class PageTable:
             slot = self.store.allocate(1)[0]
             self.store.slot(slot)[:] = data
             self.slot[page] = slot
+            self._note_refault(page)
             holder, self.holder[page] = self.holder[page], 0
             self._drop_queue.append((holder, page))
             self._set(page, _CACHED)
@@ -399,11 +419,31 @@ class PageTable:
             held_back = False
             lru = self._lru
             skipped: list[tuple[int, int]] = []
-            while lru and len(victims) < want:
-                p, s = lru.popleft()
+            second_chances = len(lru)
+            rnd = self.victim_policy == "random"
+            probes = 8 * want + 64
+            chosen: set[int] = set()
+            while len(victims) < want:
+                if rnd:
+                    if not probes or not self.resident:
+                        break
+                    probes -= 1
+                    p = self._rng.randrange(self.npages)
+                    s = self.stamp[p]
+                    if p in chosen:
+                        continue
+                elif lru:
+                    p, s = lru.popleft()
+                else:
+                    break
                 st = self.state[p]
                 if self.stamp[p] != s or not _CACHED <= st <= _PINNED:
                     continue  # stale entry
+                if not rnd and self._hot[p] and second_chances > 0:
+                    self._hot[p] = 0
+                    second_chances -= 1
+                    lru.append((p, s))
+                    continue
                 if self.flags[p] & F_WINDOW:
                     skipped.append((p, s))
                     continue
@@ -421,7 +461,9 @@ class PageTable:
                     free -= 1
                     headroom -= 1
                 victims.append(p)
-            lru.extendleft(reversed(skipped))
+                chosen.add(p)
+            if not rnd:
+                lru.extendleft(reversed(skipped))
             if held_back:
                 self.stats.store_full += 1
             if not victims:
@@ -507,6 +549,8 @@ class PageTable:
                 else:
                     continue
                 out += 1
+                self._hot[p] = 0
+                self._out_seq[p] = self.stats.page_outs + out
             self.stats.page_outs += out
         return out
 
@@ -525,6 +569,19 @@ class PageTable:
             if st == _PINNED or st == _REMOTE:
                 return None
             return self.store.slot(self.slot[page]).tobytes()
+
+    def page_map(self) -> str:
+        """One character per page: where its content is now.
+
+        ``.`` never written, ``R`` resident (page cache), ``L`` paged out to the
+        local store, ``1``-``9``/``a``-``z`` held by that sub-host (holder number).
+        """
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+        codes = {_ZERO: ".", _STORED: "L", _CACHED: "R", _CZ: "R", _PINNED: "R"}
+        with self.lock:
+            state, holder = bytes(self.state), bytes(self.holder)
+        return "".join(codes.get(s) or digits[min(h, 35)] for s, h in zip(state, holder,
+                                                                            strict=True))
 
     def release_all(self) -> None:
         """Give every slot back to the store (the RAM file is gone)."""

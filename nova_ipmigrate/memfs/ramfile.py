@@ -55,6 +55,8 @@ class RamFile:
         self.remote: RemotePaging | None = None
         #: pages whose content could not be fetched: the instance is broken
         self.lost_pages: set[int] = set()
+        #: how the evictor picks victims (pages.VICTIM_POLICIES)
+        self.victim_policy = "recency"
         #: set by the READ path when over the limit: wakes the evictor
         self.over_limit = threading.Event()
         # Page-ins past the hard limit wait for the evictor (bounded), so the
@@ -85,6 +87,9 @@ class RamFile:
         self.table = PageTable(size // PAGE_SIZE, self.store) if size else None
         if self.table is not None:
             self.table.push_enabled = self.remote is not None
+            self.table.victim_policy = self.victim_policy
+            if self.resident_limit_pages:
+                self.table.hot_distance = self.resident_limit_pages
 
     def set_remote(self, vm: uuid.UUID, remote: RemotePaging | None) -> None:
         """Page out to sub-hosts through ``remote`` (None: keep pages local)."""
@@ -95,6 +100,8 @@ class RamFile:
 
     def set_resident_limit(self, pages: int) -> None:
         self.resident_limit_pages = max(0, pages)
+        if self.table is not None and pages:
+            self.table.hot_distance = pages
         self.over_limit.set()
 
     @property

@@ -48,6 +48,7 @@ class MemfsConfig:
     shutdown_timeout: float = 10.0
     #: a child process that aborts the connection if this process dies
     watchdog: bool = True
+    victim_policy: str = "recency"
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -60,7 +61,7 @@ class MemfsConfig:
                    eviction_batch_pages=group.eviction_batch_pages,
                    eviction_target_pct=group.eviction_target_pct,
                    pin_resident_pages=group.pin_resident_pages, tune_bdi=group.tune_bdi,
-                   shutdown_timeout=group.shutdown_timeout)
+                   shutdown_timeout=group.shutdown_timeout, victim_policy=group.victim_policy)
 
 
 class MemFS:
@@ -76,7 +77,8 @@ class MemFS:
             SessionConfig(max_readahead=config.max_readahead_kb * 1024,
                           default_resident_limit_pages=(config.default_resident_limit_mb * MIB
                                                         // PAGE_SIZE),
-                          throttle_slots=config.reader_threads - 1),
+                          throttle_slots=config.reader_threads - 1,
+                          victim_policy=config.victim_policy),
             own_tid=self._is_own_thread, on_pressure=self._wake_evictor)
         self.pager = Pager(PagerConfig(pin=config.pin_resident_pages,
                                        batch_pages=config.eviction_batch_pages,
@@ -240,6 +242,7 @@ class MemFS:
                     raise FsError(errno.ENOTDIR, f"{name} is not a directory")
             f = tree.add(node, parts[-1], 0o100600, 0, 0)
             f.ram = RamFile(f.nodeid, self.store)
+            f.ram.victim_policy = self.config.victim_policy
             f.ram.resize(size)
             f.ram.set_resident_limit(resident_limit_bytes // PAGE_SIZE)
             return f.ram

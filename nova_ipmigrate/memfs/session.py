@@ -41,6 +41,7 @@ class SessionConfig:
     default_resident_limit_pages: int = 0
     #: page-ins allowed to wait for the evictor at once (readers - 1)
     throttle_slots: int = 1
+    victim_policy: str = "recency"
     throttle_max_wait_s: float = 0.05
 
 
@@ -239,6 +240,7 @@ class FuseSession:
             if not node.is_dir:
                 node.ram = RamFile(node.nodeid, self.store,
                                    self.config.default_resident_limit_pages)
+                node.ram.victim_policy = self.config.victim_policy
             return node
 
     def _mkdir(self, req: P.Request, ctx: ReaderContext) -> Reply:

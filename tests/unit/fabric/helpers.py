@@ -42,7 +42,7 @@ def in_thread(background: Callable[[], object],
     def run() -> None:
         try:
             background()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)

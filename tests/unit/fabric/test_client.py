@@ -201,7 +201,7 @@ def test_concurrent_callers(server: FabricServer, service: RecordingService) -> 
                 number = index * 1000 + round_
                 client.put_pages(VM, [number], [page(number)])
                 assert bytes(client.get_pages(VM, [number])[0]) == page(number)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+        except BaseException as exc:  # re-raised in the test thread
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
@@ -315,3 +315,14 @@ def test_bulk_put_data_kept_by_caller(client: FabricClient, service: RecordingSe
     client.bulk_put(VM, ((p, view[p * PAGE_SIZE:(p + 1) * PAGE_SIZE]) for p in range(100)))
     held = service.pages_of(VM)
     assert b"".join(held[p] for p in range(100)) == bytes(buffer)
+
+
+def test_bulk_put_error_after_the_last_batch_was_sent() -> None:
+    # Every batch is out before the first refusal comes back: the stream fails while
+    # collecting acknowledgements, after the producer has finished.
+    service = InMemoryPageService(capacity_pages=10)
+    with FabricServer("127.0.0.1", 0, "host-b", KEY, service) as server, \
+            client_for(server, streams=1, window=4) as client:
+        with pytest.raises(StoreFullError):
+            client.bulk_put(VM, ((p, page(p)) for p in range(30)), batch_pages=10)
+        assert service.held == 10

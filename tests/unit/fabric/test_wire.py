@@ -90,12 +90,14 @@ def test_non_zero_data_are_views_of_the_payload() -> None:
     assert isinstance(data[0], memoryview) and data[0].obj is payload.obj
 
 
-def test_is_zero_page() -> None:
-    assert wire.is_zero_page(memoryview(bytearray(PAGE_SIZE)))
-    page = bytearray(PAGE_SIZE)
-    page[-1] = 1
-    assert not wire.is_zero_page(page)
-    assert not wire.is_zero_page(memoryview(page))
+def test_zero_detection() -> None:
+    almost = bytearray(PAGE_SIZE)
+    almost[-1] = 1
+    data: list[wire.Buffer] = [memoryview(bytearray(PAGE_SIZE)), almost, memoryview(almost),
+                               bytes(PAGE_SIZE)]
+    header, payload = split(joined(wire.encode_pages(T.PAGES, 1, VM, [1, 2, 3, 4], data)))
+    assert payload[8 * 4] == 0b1001  # pages 1 and 4 elided
+    assert header.length == 8 * 4 + 1 + 2 * PAGE_SIZE
 
 
 def test_error_round_trip() -> None:

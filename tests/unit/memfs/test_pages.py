@@ -260,6 +260,8 @@ def test_model_check_random_interleavings(seed: int, remote: bool) -> None:
     rnd = random.Random(seed)
     npages = 24
     k = KernelModel(npages, store_pages=rnd.choice([6, 12, 48]), remote=remote)
+    k.table.victim_policy = rnd.choice(["recency", "random"])
+    k.table.hot_distance = rnd.choice([1, 4, 16])
     windows: list[tuple[Window, list[int]]] = []   # (window, [next step])
     pushing: tuple[list[tuple[int, int]], list[bytes]] | None = None
     tag = 1
@@ -392,3 +394,29 @@ def test_full_page_write_replaces_a_remote_page_partial_is_refused() -> None:
     assert k.table.state[0] == PageState.CACHED
     k.drops()
     assert k.remote[1] == {}
+
+
+def test_a_page_faulting_back_soon_after_page_out_gets_a_second_chance() -> None:
+    k = KernelModel(16)
+    k.table.hot_distance = 4
+    for p in range(4):
+        k.load(p)
+    assert k.evict(1) == 1           # page 0 out ...
+    k.load(0)                        # ... and straight back: hot
+    for p in range(4, 8):
+        k.load(p)
+    w = k.begin(1)
+    assert w is not None and w.pages == [1], "page 0 was skipped once"
+    k.finish(w)
+    k.check()
+
+
+def test_random_policy_evicts_resident_pages_only() -> None:
+    k = KernelModel(64)
+    k.table.victim_policy = "random"
+    for p in range(0, 64, 2):
+        k.store_to(p, p)
+    assert k.evict(8) == 8
+    assert all(k.table.state[p] == PageState.ZERO for p in range(1, 64, 2))
+    k.check()
+    k.check_slots()
