@@ -43,7 +43,7 @@ def client(session: FuseSession) -> Client:
 
 
 def fresh_client(**config: int) -> tuple[Client, FuseSession]:
-    s = FuseSession(PageStore(8), SessionConfig(**config))
+    s = FuseSession(PageStore(8), SessionConfig(**config))  # type: ignore[arg-type]
     return Client(s), s
 
 
