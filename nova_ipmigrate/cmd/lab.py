@@ -44,6 +44,17 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="remove everything the lab created")
     p_status = sub.add_parser("status", help="show what exists")
     p_status.add_argument("--json", action="store_true", help="machine-readable output")
+    p_boot = sub.add_parser(
+        "boot", help="boot the oracle guest as a split-memory instance across N hosts "
+        "(a lab of its own: up, an agent per host, the guest, down)")
+    p_boot.add_argument("--hosts", type=int, default=3, metavar="N")
+    p_boot.add_argument("--ram-mb", type=int, default=512)
+    p_boot.add_argument("--limit-pct", type=int, default=25)
+    p_boot.add_argument("--seconds", type=int, default=60)
+    p_boot.add_argument("--link", default=None, metavar="RATE")
+    p_boot.add_argument("--split-after", type=float, default=None, metavar="S",
+                        help="boot a normal VM, split it S seconds after the oracle filled "
+                             "its memory (split migration)")
     p_exec = sub.add_parser("exec", help="run a command inside a host")
     p_exec.add_argument("host", help="h1, 1 or <prefix>-h1")
     p_exec.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
@@ -60,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     conf_args: list[str] = []
     for f in args.config_file:
         conf_args += ["--config-file", f]
+    if args.command == "boot":
+        from nova_ipmigrate.cmd import demo
+        extra = ["--link", args.link] if args.link else []
+        if args.split_after is not None:
+            extra += ["--split-after", str(args.split_after)]
+        return demo.main([*conf_args, "--hosts", str(args.hosts), "--ram-mb", str(args.ram_mb),
+                          "--limit-pct", str(args.limit_pct), "--seconds", str(args.seconds),
+                          *extra])
     try:
         CONF(conf_args, project="nova-ipmigrate", default_config_files=[])
         lab = Lab.from_conf(CONF, prefix=args.prefix)

@@ -11,6 +11,8 @@ is torn down again, also on failure (the lab's ``down`` also after a crash).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +50,9 @@ class SplitParams(SingleHostParams):
     #: split migration: boot as a normal single-host VM (no limit, no sub-hosts) and
     #: split it this many seconds after the oracle filled its memory; None: boot split
     split_after_s: float | None = None
+    #: kill the last sub-host's agent (SIGKILL) this many seconds after the fill
+    kill_sub_host_after_s: float | None = None
+    fetch_timeout: float = 30.0
 
 
 def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
@@ -73,7 +78,8 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                                    "pin_resident_pages": p.pin_resident_pages,
                                    "reader_threads": 3, "victim_policy": p.victim_policy},
                             agent={"placement_policy": p.placement_policy,
-                                   "substore_mb": p.substore_mb},
+                                   "substore_mb": p.substore_mb,
+                                   "fetch_timeout": p.fetch_timeout},
                             prefix=h.enter_command([], cwd=h.state_dir))
             d.start()
             stack.callback(d.stop)
@@ -86,6 +92,11 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                              sub_hosts=[s.sub_host_entry() for s in subs])
 
         actions = []
+        if p.kill_sub_host_after_s is not None:
+            def kill() -> dict[str, Any]:
+                os.kill(subs[-1].pid, signal.SIGKILL)
+                return {"killed": subs[-1].host}
+            actions.append((p.kill_sub_host_after_s, "kill_sub_host", kill))
         if p.split_after_s is None:
             main.call("create", path=RAM_PATH, size=p.ram_mb * MIB,
                       resident_limit=p.limit_bytes)
@@ -107,7 +118,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         qemu.start()
         stack.callback(qemu.stop)
         result = _monitor(p, main, qemu, memcg, OracleMonitor(serial), on_sample, actions)
-        per_host = {d.host: d.call("agent_stats") for d in agents}
+        per_host = {d.host: d.call("agent_stats") for d in agents if d.alive()}
         per_host_pages = {
             h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}
         per_host_pages[main.host] = result.memfs["files"][RAM_PATH]["resident"]
