@@ -5,7 +5,6 @@ SIGTERM/SIGINT or the control socket's ``shutdown`` stop it cleanly.
 
 from __future__ import annotations
 
-import signal
 import socket
 import sys
 import threading
@@ -16,11 +15,11 @@ from oslo_log import log as logging
 
 from nova_ipmigrate import conf
 from nova_ipmigrate.agent.service import Agent, AgentConfig
+from nova_ipmigrate.cmd.daemon import serve
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.fabric.errors import FabricError
 from nova_ipmigrate.memfs.server import MemfsConfig
 
-LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
 
@@ -48,25 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     agent = Agent(config, on_shutdown=done.set)
 
-    def _signal(signum: int, _frame: object) -> None:
-        LOG.info("signal %d: shutting down", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
-    try:
+    def start() -> str:
         agent.start()
-        print(f"agent {config.host_name} ready (memfs {config.memfs.mountpoint}, fabric "
-              f"port {agent.fabric.port}, control {config.control_socket})", flush=True)
-        while not done.wait(1.0):
-            pass
-    except OSError as exc:
-        print(f"ipmigrate-agent: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        agent.stop()
-    return 0
+        return (f"agent {config.host_name} ready (memfs {config.memfs.mountpoint}, fabric "
+                f"port {agent.fabric.port}, control {config.control_socket})")
 
+    return serve("ipmigrate-agent", start, agent.stop, done)
 
 if __name__ == "__main__":
     sys.exit(main())
