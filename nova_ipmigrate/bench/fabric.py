@@ -19,6 +19,8 @@ machine.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import itertools
 import json
 import multiprocessing
@@ -59,6 +61,7 @@ _SEND_SIZE = 2**20
 _PAGE_IN_REQUEST = HEADER_SIZE + 8
 _PAGE_IN_REPLY = HEADER_SIZE + 8 + 1 + PAGE_SIZE
 
+CLONE_NEWNET = 0x40000000
 TARGETS = {"fabric_vs_plain_tcp": 0.8, "page_in_p50_us": 100, "page_in_p99_us": 1000}
 
 
@@ -72,6 +75,10 @@ class Settings:
     latency_samples: int = 20_000
     buffer_bytes: int = 0
     store: str = "discard"
+    #: network namespaces of the measuring side and of the peer (lab hosts), so
+    #: both transports cross the same link; None: this process's namespace
+    netns: str | None = None
+    peer_netns: str | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
@@ -126,7 +133,21 @@ class _PeerService:
                 self._held.pop(page, None)
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling thread (and the threads it starts later) into netns ``name``."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def _fabric_peer(pipe: Pipe, settings: Settings, key: bytes) -> None:
+    if settings.peer_netns:
+        enter_netns(settings.peer_netns)
     server = FabricServer(settings.address, 0, PEER, SharedKey(key),
                           _PeerService(copy=settings.store == "copy"),
                           buffer_bytes=settings.buffer_bytes)
@@ -139,6 +160,8 @@ def _fabric_peer(pipe: Pipe, settings: Settings, key: bytes) -> None:
 def _plain_peer(pipe: Pipe, settings: Settings) -> None:
     """Plain TCP: a bulk sink (reads each connection to its end into one buffer, then
     answers one byte) and an echo answering each page-in-sized request with a page."""
+    if settings.peer_netns:
+        enter_netns(settings.peer_netns)
     sink = socket.create_server((settings.address, 0), backlog=64)
     echo = socket.create_server((settings.address, 0), backlog=64)
     pipe.send((sink.getsockname()[1], echo.getsockname()[1]))
@@ -304,6 +327,8 @@ def plain_round_trip(settings: Settings, port: int) -> dict[str, float]:
 
 
 def run(settings: Settings) -> dict[str, Any]:
+    if settings.netns:
+        enter_netns(settings.netns)
     key = secrets.token_bytes(32)
     streams = settings.streams
     source = _source()
@@ -409,6 +434,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(0: kernel autotuning)")
     parser.add_argument("--store", choices=("discard", "copy"), default="discard",
                         help="what the peer does with bulk pages")
+    parser.add_argument("--lab", action="store_true",
+                        help="measure across a link of the namespace lab: a 2-host lab is "
+                        "created (and removed), this side runs in h1, the peer in h2 (root)")
+    parser.add_argument("--link", default=None,
+                        help="with --lab: tc rate of the hosts' links (default unshaped)")
+
+
+def _run_child(pipe: Pipe, settings: Settings) -> None:
+    pipe.send(run(settings))
+
+
+def _run_in_lab(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    import tempfile
+
+    from nova_ipmigrate.lab.hosts import Lab
+    with tempfile.TemporaryDirectory(prefix="ipm-bench-") as tmp:
+        lab = Lab(tmp, prefix=f"ipb{os.getpid() % 10000}")
+        try:
+            h1, h2 = lab.up(2, args.link)
+            overrides.update(address=h2.address, netns=h1.netns, peer_netns=h2.netns)
+            settings = (Settings.quick(**overrides) if args.quick
+                        else Settings(**overrides))
+            # in a child: setns would move this process out of the root namespace
+            ctx = multiprocessing.get_context("spawn")
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_run_child, args=(child, settings))
+            proc.start()
+            result = parent.recv()
+            proc.join()
+            result["link"] = args.link or "unshaped (veth through the lab switch)"
+        finally:
+            lab.down()
+    print(json.dumps(result, indent=2))
+    print(summary(result), file=sys.stderr)
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -420,6 +480,8 @@ def main(args: argparse.Namespace) -> int:
     if args.streams < 2:
         print("ipmigrate-bench fabric: --streams must be at least 2", file=sys.stderr)
         return 2
+    if args.lab:
+        return _run_in_lab(args, overrides)
     settings = Settings.quick(**overrides) if args.quick else Settings(**overrides)
     result = run(settings)
     print(json.dumps(result, indent=2))
