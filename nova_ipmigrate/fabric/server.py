@@ -223,14 +223,16 @@ class FabricServer:
             self._count(errors=1)
             reply = wire.encode_error(header.request_id, header.vm, ErrorCode.INTERNAL,
                                       f"{header.type.name} failed: {type(exc).__name__}")
-        conn.send(reply)
+        # Counted before the reply goes out: a peer that has its answer sees it counted.
         with self._lock:  # every request passes here: plain increments, no kwargs
             stats = self._stats
             stats.requests += 1
             stats.bytes_in += wire.HEADER_SIZE + header.length
-            stats.bytes_out += conn.bytes_out - sent_before
             stats.pages_in += pages_in
             stats.pages_out += pages_out
+        conn.send(reply)
+        with self._lock:
+            self._stats.bytes_out += conn.bytes_out - sent_before
 
     def _serve_request(self, header: wire.Header,
                        payload: memoryview) -> tuple[list[wire.Buffer], int, int]:
