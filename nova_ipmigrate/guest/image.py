@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from nova_ipmigrate.cbuild import compile_c
+
 __all__ = [
     "BUSYBOX_APPLETS",
     "CpioEntry",
@@ -265,23 +267,8 @@ def _cache_lock(cache_dir: Path) -> Iterator[None]:
 
 def compile_oracle(cache_dir: Path, cc: str = "gcc") -> Path:
     """Compile oracle.c static (cached by source hash); return the binary."""
-    src = oracle_source()
-    out = cache_dir / f"oracle-{_sha(src, cc.encode())}"
-    if out.is_file():
-        return out
-    if not shutil.which(cc):
-        raise GuestImageError(f"{cc} not found: apt-get install gcc libc6-dev")
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        c_file = Path(tmp) / "oracle.c"
-        c_file.write_bytes(src)
-        binary = Path(tmp) / "oracle"
-        res = _run([cc, "-O2", "-static", "-Wall", "-Wextra", "-o", str(binary), str(c_file)])
-        if res.returncode != 0:
-            raise GuestImageError(
-                f"compiling the oracle failed (static glibc: apt-get install libc6-dev):\n"
-                f"{res.stderr.decode(errors='replace')}")
-        os.replace(binary, out)
-    return out
+    return compile_c(oracle_source(), "oracle", cache_dir,
+                     ["-O2", "-static", "-Wall", "-Wextra"], GuestImageError, cc=cc)
 
 
 def build_initramfs(oracle: Path, busybox: Path, init_script: str = INIT_SCRIPT) -> bytes:

@@ -9,14 +9,12 @@ without the advice every guest fault is a single-page FUSE READ.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from nova_ipmigrate.cbuild import compile_c
 
 __all__ = ["ShimError", "ensure_nohuge_shim", "preload_env", "shim_source"]
 
@@ -34,26 +32,9 @@ def ensure_nohuge_shim(cache_dir: Path, cc: str = "gcc") -> Path:
     """Compile ``nohuge.c`` into ``cache_dir`` (once per source); return the .so."""
     cache_dir = Path(cache_dir).resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    src = shim_source()
-    key = hashlib.sha256(src + b"\0" + cc.encode()).hexdigest()[:16]
-    out = cache_dir / f"nohuge-{key}.so"
-    if out.is_file():
-        return out
-    if not shutil.which(cc):
-        raise ShimError(f"{cc} not found: apt-get install gcc libc6-dev")
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        c_file = Path(tmp) / "nohuge.c"
-        c_file.write_bytes(src)
-        so = Path(tmp) / "nohuge.so"
-        res = subprocess.run(
-            [cc, "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-o", str(so), str(c_file), "-ldl"],
-            capture_output=True, check=False)
-        if res.returncode != 0:
-            raise ShimError(f"compiling the nohuge shim failed:\n"
-                            f"{res.stderr.decode(errors='replace')}")
-        # Atomic: concurrent callers may race on the same cache entry.
-        os.replace(so, out)
-    return out
+    return compile_c(shim_source(), "nohuge", cache_dir,
+                     ["-O2", "-shared", "-fPIC", "-Wall", "-Wextra"], ShimError, suffix=".so",
+                     cc=cc, libs=["-ldl"])
 
 
 def preload_env(shim: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
