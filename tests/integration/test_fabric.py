@@ -11,9 +11,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from nova_ipmigrate.fabric.service import InMemoryPageService
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from tests.integration.conftest import REPO
 from tests.unit.fabric.helpers import KEY, OTHER_KEY, make_ca, make_host_cert
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,6 @@ def page(vm: uuid.UUID, number: int) -> bytes:
         return bytes(PAGE_SIZE)
     return (vm.bytes[:8] + number.to_bytes(8, "little")) * (PAGE_SIZE // 16)
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """A server thread accounts a connection's end just after the client saw it."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture

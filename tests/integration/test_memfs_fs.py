@@ -7,11 +7,13 @@ control requests, and shutdowns that must not leave a hung mount.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,9 @@ def test_bad_control_requests_change_nothing(workdir: Path) -> None:
         assert not (d.mountpoint / "vm").exists()
 
 
-def test_stop_while_a_user_maps_a_file_does_not_hang(workdir: Path) -> None:
+@contextlib.contextmanager
+def _mapped_by_a_user(workdir: Path) -> Iterator[tuple[MemfsDaemon, subprocess.Popen[str]]]:
+    """A daemon serving a RAM file that a running host process maps; both cleaned up."""
     size = 16 * MIB
     d = MemfsDaemon(workdir)
     d.start()
@@ -147,28 +151,27 @@ def test_stop_while_a_user_maps_a_file_does_not_hang(workdir: Path) -> None:
         d.call("create", path="vm/pc.ram", size=size, resident_limit=size // 4)
         w = _worker(d.mountpoint / "vm/pc.ram", size, 60)
         assert w.stdout is not None and w.stdout.readline().strip() == "filled"
+        yield d, w
+    finally:
+        force_unmount(d.mountpoint)   # abort first: a user blocked on the mount can then die
+        if w is not None and w.poll() is None:
+            w.kill()
+            w.wait(timeout=30)
+        d.stop()
+
+
+def test_stop_while_a_user_maps_a_file_does_not_hang(workdir: Path) -> None:
+    with _mapped_by_a_user(workdir) as (d, w):
         t0 = time.monotonic()
         d.stop()
         assert time.monotonic() - t0 < 40
         assert not _mounted(d.mountpoint)
         # the user gets an error (SIGBUS on its mapping), it does not hang
         assert w.wait(timeout=30) != 0
-    finally:
-        if w is not None and w.poll() is None:
-            w.kill()
-            w.wait()
-        d.stop()
 
 
 def test_killed_daemon_leaves_no_hung_mount(workdir: Path) -> None:
-    size = 16 * MIB
-    d = MemfsDaemon(workdir)
-    d.start()
-    w = None
-    try:
-        d.call("create", path="vm/pc.ram", size=size, resident_limit=size // 4)
-        w = _worker(d.mountpoint / "vm/pc.ram", size, 60)
-        assert w.stdout is not None and w.stdout.readline().strip() == "filled"
+    with _mapped_by_a_user(workdir) as (d, w):
         # A crash: the daemon dies, possibly with a thread stuck in an invalidation
         # that only its dead readers could finish; its watchdog aborts the connection.
         os.kill(d.pid, signal.SIGKILL)
@@ -176,9 +179,3 @@ def test_killed_daemon_leaves_no_hung_mount(workdir: Path) -> None:
         assert rc != 0, "the user must fail, not hang"
         force_unmount(d.mountpoint)
         assert not _mounted(d.mountpoint)
-    finally:
-        force_unmount(d.mountpoint)   # abort first: a user blocked on the mount can then die
-        if w is not None and w.poll() is None:
-            w.kill()
-            w.wait(timeout=30)
-        d.stop()

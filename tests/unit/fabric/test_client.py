@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -27,21 +27,13 @@ from nova_ipmigrate.fabric.server import FabricServer
 from nova_ipmigrate.fabric.service import InMemoryPageService
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from tests.unit.fabric.helpers import KEY, OTHER_KEY, VM, RecordingService
+from tests.waiting import wait_for
 
 
 def page(seed: int) -> bytes:
     """A recognisable non-zero page."""
     return seed.to_bytes(8, "little") * (PAGE_SIZE // 8)
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Server threads account a connection's end after the client has seen it."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
