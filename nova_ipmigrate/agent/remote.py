@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from nova_ipmigrate.agent.placement import Candidate, PlacementPolicy
@@ -53,6 +53,50 @@ class FabricRemotePaging:
         self._lock = threading.Lock()
         self._held = [0] * (len(sub_hosts) + 1)
         self._down: set[int] = set()
+        self._retired: set[int] = set()
+
+    def holder_of_host(self, name: str) -> int:
+        """The holder number of sub-host ``name`` for this VM; 0 if it is none."""
+        with self._lock:
+            for i, s in enumerate(self.sub_hosts):
+                if s.name == name and i + 1 not in self._retired:
+                    return i + 1
+        return 0
+
+    def add_sub_host(self, sub: SubHost) -> int:
+        """Make ``sub`` a holder of this VM (a part moves there); returns its number.
+
+        A host that is already a holder keeps its number.
+        """
+        if sub.name == self.host_name:
+            raise ValueError(f"the main host {sub.name} cannot be its own sub-host")
+        with self._lock:
+            for i, s in enumerate(self.sub_hosts):
+                if s.name == sub.name and i + 1 not in self._retired:
+                    return i + 1
+            if len(self.sub_hosts) >= 255:
+                raise ValueError("a split VM has at most 255 holders over its lifetime")
+            self.sub_hosts.append(sub)
+            self._held.append(0)
+            return len(self.sub_hosts)
+
+    def retire(self, holder: int) -> None:
+        """``holder`` holds nothing of this VM any more and takes no page-outs."""
+        with self._lock:
+            self._retired.add(holder)
+            client = self._clients.pop(holder, None)
+            self._held[holder] = 0
+        if client is not None:
+            client.close()
+
+    def active_holders(self) -> dict[int, str]:
+        with self._lock:
+            return {i + 1: s.name for i, s in enumerate(self.sub_hosts)
+                    if i + 1 not in self._retired}
+
+    def client(self, holder: int) -> FabricClient:
+        """The fabric client to ``holder`` (part moves talk to it too)."""
+        return self._client(holder)
 
     def holder_name(self, holder: int) -> str:
         if 1 <= holder <= len(self.sub_hosts):
@@ -100,8 +144,9 @@ class FabricRemotePaging:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def push(self, vm: uuid.UUID, pages: Sequence[int], data: Sequence[memoryview]) -> int:
-        tried: set[int] = set()
+    def push(self, vm: uuid.UUID, pages: Sequence[int], data: Sequence[memoryview],
+             exclude: Collection[int] = ()) -> int:
+        tried: set[int] = set(exclude) | self._retired
         last: Exception | None = None
         while len(tried) < len(self.sub_hosts):
             cands = [Candidate(i + 1, s.name, self._held[i + 1], i + 1 not in self._down)
@@ -121,7 +166,8 @@ class FabricRemotePaging:
             self._down.discard(holder)
             self._held[holder] += len(pages)
             return holder
-        raise RuntimeError(f"no sub-host took {len(pages)} page(s): {last}")
+        raise RuntimeError(f"no sub-host took {len(pages)} page(s): "
+                           f"{last or 'every sub-host is closed for page-outs'}")
 
     def drop(self, vm: uuid.UUID, holder: int, pages: Sequence[int]) -> None:
         if not 1 <= holder <= len(self.sub_hosts):

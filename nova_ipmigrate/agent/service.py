@@ -14,18 +14,24 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.agent import placement
+from nova_ipmigrate.agent.pageservice import AgentPageService
 from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
 from nova_ipmigrate.agent.substore import SubHostStore
 from nova_ipmigrate.fabric import auth
+from nova_ipmigrate.fabric.errors import FabricError
 from nova_ipmigrate.fabric.server import FabricServer
 from nova_ipmigrate.memfs.control import ControlError, ControlServer, _str_arg
 from nova_ipmigrate.memfs.server import MemFS, MemfsConfig
+from nova_ipmigrate.migration.operations import OperationError, Operations
+from nova_ipmigrate.migration.transfer import Endpoint, LocalStaging
 
 LOG = logging.getLogger(__name__)
 PAGE = 4096
@@ -44,6 +50,10 @@ class AgentConfig:
     placement_policy: str = "round_robin"
     fetch_timeout: float = 30.0
     streams: int = 1
+    #: where other hosts reach this host's fabric (default: fabric_address)
+    advertise_address: str | None = None
+    #: seconds one region copy of a part move may take
+    copy_timeout: float = 120.0
 
 
 class Agent:
@@ -51,15 +61,40 @@ class Agent:
         self.config = config
         self.memfs = MemFS(config.memfs)
         self.substore = SubHostStore(config.substore_mb * 2**20 // PAGE)
+        self.pages = AgentPageService(self.substore, config.host_name, config.key,
+                                      tls=config.tls, streams=config.streams)
         self.fabric = FabricServer(config.fabric_address, config.fabric_port, config.host_name,
-                                   config.key, self.substore, tls=config.tls)
+                                   config.key, self.pages, tls=config.tls)
         self.control = ControlServer(self.memfs, config.control_socket,
                                      on_shutdown or (lambda: None),
                                      extra={"set_remote": self._set_remote,
                                             "split": self._split,
                                             "page_map": self._page_map,
-                                            "agent_stats": self._agent_stats})
+                                            "agent_stats": self._agent_stats,
+                                            "parts": self._parts,
+                                            "partial_migrate": self._partial_migrate,
+                                            "reintegrate": self._reintegrate,
+                                            "op_status": self._op_status,
+                                            "ops": self._ops_list,
+                                            "op_abort": self._op_abort})
         self._remotes: dict[str, FabricRemotePaging] = {}
+        self.operations = Operations(
+            config.host_name, Endpoint(config.host_name, self.advertise_address,
+                                       config.fabric_port),
+            LocalStaging(self._take_staged, self.substore.drop_pages, self.substore.drop_vm),
+            copy_timeout=config.copy_timeout)
+
+    @property
+    def advertise_address(self) -> str:
+        addr = self.config.advertise_address or self.config.fabric_address
+        if addr in ("0.0.0.0", "::", ""):
+            addr = socket.gethostbyname(socket.gethostname())
+        return addr
+
+    def _take_staged(self, key: uuid.UUID, pages: Sequence[int]) -> dict[int, bytes]:
+        got, data = self.substore.held_pages(key, list(pages))
+        self.substore.drop_pages(key, got)
+        return dict(zip(got, data, strict=True))
 
     def start(self) -> None:
         try:
@@ -76,6 +111,7 @@ class Agent:
         self.control.stop()
         self.memfs.stop()
         self.fabric.stop()
+        self.pages.close()
         for r in self._remotes.values():
             r.close()
 
@@ -142,3 +178,107 @@ class Agent:
         return {"ok": True, "host": self.config.host_name, "substore": self.substore.stats(),
                 "fabric": dataclasses.asdict(fab),
                 "memfs": self.memfs.stats()}
+
+    # -- part moves ----------------------------------------------------------------------
+
+    def _parts(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Every split VM this host is the main host of, with the pages on each host."""
+        vms = []
+        for path, ram in self.memfs.ram_files():
+            remote = ram.remote
+            if ram.table is None or not isinstance(remote, FabricRemotePaging) or ram.vm is None:
+                continue
+            names = remote.active_holders()
+            counts = ram.table.holders()
+            by_host = {self.config.host_name: counts.get(0, 0)}
+            for h, n in counts.items():
+                if h:
+                    name = remote.holder_name(h)
+                    by_host[name] = by_host.get(name, 0) + n
+            vms.append({"path": path, "vm": str(ram.vm), "main_host": self.config.host_name,
+                        "holders": sorted(names.values()), "pages_by_host": by_host,
+                        "broken": bool(ram.lost_pages)})
+        return {"ok": True, "host": self.config.host_name, "vms": vms}
+
+    def _ram_for_op(self, req: dict[str, Any]) -> tuple[str, Any]:
+        path = _str_arg(req, "path")
+        ram = self.memfs.find(path)
+        return path, ram
+
+    def _partial_migrate(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Move the part one sub-host holds of a VM to another host (``dest``).
+
+        ``dest`` is ``{name, address, port}``: a new host, one that already
+        holds a part of the VM, or this (the main) host. Returns the operation.
+        """
+        path, ram = self._ram_for_op(req)
+        source = _str_arg(req, "source")
+        dest = _endpoint(req.get("dest"))
+        cap = req.get("max_rate_mb_s")
+        if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool)
+                                or cap <= 0):
+            raise ControlError("'max_rate_mb_s' must be a positive number (MiB/s)")
+        try:
+            op = self.operations.partial_migration(
+                path, ram, source, dest, str(req.get("strategy", "ipmigrate")),
+                max_rate=cap * 2**20 if cap else None)
+        except OperationError as exc:
+            raise ControlError(str(exc), exc.errno) from exc
+        except (FabricError, ValueError) as exc:
+            raise ControlError(f"cannot start the move to {dest.name}: {exc}",
+                               errno.EHOSTUNREACH) from exc
+        return {"ok": True, **op.progress()}
+
+    def _reintegrate(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Every holder sends its part of the VM here, in parallel."""
+        path, ram = self._ram_for_op(req)
+        target = req.get("target")
+        if target not in (None, self.config.host_name):
+            raise ControlError(f"reintegration onto {target} needs the main-host move; "
+                               f"only the main host ({self.config.host_name}) can be the "
+                               f"target for now", errno.EOPNOTSUPP)
+        try:
+            op = self.operations.reintegration(path, ram,
+                                               str(req.get("strategy", "ipmigrate")))
+        except OperationError as exc:
+            raise ControlError(str(exc), exc.errno) from exc
+        except (FabricError, ValueError) as exc:
+            raise ControlError(f"cannot start the reintegration: {exc}",
+                               errno.EHOSTUNREACH) from exc
+        return {"ok": True, **op.progress()}
+
+    def _op(self, req: dict[str, Any]) -> Any:
+        try:
+            return self.operations.get(_str_arg(req, "id"))
+        except OperationError as exc:
+            raise ControlError(str(exc), exc.errno) from exc
+
+    def _op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = self._op(req)
+        wait = req.get("wait", 0)
+        if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+            op.wait(min(float(wait), 60.0))
+        return {"ok": True, **op.progress()}
+
+    def _ops_list(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "ops": self.operations.all()}
+
+    def _op_abort(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = self._op(req)
+        try:
+            self.operations.abort(op.id)
+        except OperationError as exc:
+            raise ControlError(str(exc), exc.errno) from exc
+        return {"ok": True, **op.progress()}
+
+
+def _endpoint(raw: Any) -> Endpoint:
+    if not isinstance(raw, dict):
+        raise ControlError("'dest' must be {name, address, port}")
+    try:
+        name, address, port = str(raw["name"]), str(raw["address"]), int(raw["port"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ControlError(f"bad 'dest': {exc}") from exc
+    if not name or not address or not 0 < port < 65536:
+        raise ControlError("'dest' needs a name, an address and a port 1-65535")
+    return Endpoint(name, address, port)

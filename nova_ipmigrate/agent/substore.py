@@ -1,9 +1,14 @@
 """The sub-host page store: pages this host holds for other hosts' VMs.
 
-Serves the fabric's :class:`~nova_ipmigrate.fabric.service.PageService`:
+Behind the fabric's :class:`~nova_ipmigrate.fabric.service.PageService`
+(:class:`~nova_ipmigrate.agent.pageservice.AgentPageService` wraps it):
 pages are keyed by (instance UUID, page number) and live in a fixed-capacity
 :class:`~nova_ipmigrate.memfs.store.PageStore`. A PUT is all or nothing: when
 the store cannot take every new page it refuses the whole request.
+
+For partial migration a key may also be a staging key (pages copied here from
+another sub-host ahead of a commit); committing moves their slots to the VM,
+so it takes no new slot and copies no page.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ import threading
 import uuid
 from collections.abc import Sequence
 
-from nova_ipmigrate.fabric.errors import StoreFullError
+from nova_ipmigrate.fabric.errors import (
+    PagesNotHeldError,
+    RemoteBadRequestError,
+    StoreFullError,
+)
 from nova_ipmigrate.memfs.store import PageStore
 
 Buffer = bytes | bytearray | memoryview
@@ -58,6 +67,47 @@ class SubHostStore:
             if not held:
                 del self._vms[vm]
             self.drops += len(pages)
+
+    def held_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> tuple[list[int], list[bytes]]:
+        """The ones of ``pages`` held for ``vm`` (in order), and copies of their contents."""
+        with self._lock:
+            held = self._vms.get(vm, {})
+            found = [p for p in pages if p in held]
+            # Copies: the slots may be dropped or reused while the pages are sent on.
+            return found, [self.store.slot(held[p]).tobytes() for p in found]
+
+    def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
+        """Move ``pages`` from the staging ``key`` to ``vm``, all or nothing; how many moved."""
+        if key == vm:
+            raise RemoteBadRequestError(f"staging key {key} is the VM itself")
+        with self._lock:
+            staged = self._vms.get(key, {})
+            missing = [p for p in pages if p not in staged]
+            if missing:
+                raise PagesNotHeldError(
+                    f"{len(missing)} of {len(pages)} page(s) not staged under {key}", missing)
+            if not pages:
+                return 0
+            held = self._vms.setdefault(vm, {})
+            moved = 0
+            for p in dict.fromkeys(pages):
+                old = held.get(p)
+                if old is not None:
+                    self.store.release(old)  # the staged copy is the newer one
+                held[p] = staged.pop(p)
+                moved += 1
+            if not staged:
+                del self._vms[key]
+            return moved
+
+    def drop_vm(self, vm: uuid.UUID) -> int:
+        """Forget every page held for ``vm`` (a VM or a staging key); how many there were."""
+        with self._lock:
+            held = self._vms.pop(vm, {})
+            for slot in held.values():
+                self.store.release(slot)
+            self.drops += len(held)
+            return len(held)
 
     def stats(self) -> dict[str, object]:
         with self._lock:

@@ -41,8 +41,9 @@ from typing import Any
 from nova_ipmigrate.fabric.auth import SharedKey
 from nova_ipmigrate.fabric.client import ROUTE_RUN_PAGES, FabricClient
 from nova_ipmigrate.fabric.connection import tune_socket
+from nova_ipmigrate.fabric.errors import RemoteBadRequestError
 from nova_ipmigrate.fabric.server import FabricServer
-from nova_ipmigrate.fabric.wire import HEADER_SIZE, Buffer
+from nova_ipmigrate.fabric.wire import HEADER_SIZE, Buffer, CopyRequest
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 
 HOST = "bench-main"
@@ -131,6 +132,18 @@ class _PeerService:
         with self._lock:
             for page in pages:
                 self._held.pop(page, None)
+
+    def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
+        raise RemoteBadRequestError("the benchmark peer does not stage pages")
+
+    def drop_vm(self, vm: uuid.UUID) -> int:
+        with self._lock:
+            n = len(self._held)
+            self._held.clear()
+        return n
+
+    def copy_pages(self, vm: uuid.UUID, request: CopyRequest) -> tuple[int, list[int]]:
+        raise RemoteBadRequestError("the benchmark peer does not copy pages")
 
 
 def enter_netns(name: str) -> None:

@@ -32,7 +32,8 @@ def build_config() -> AgentConfig:
         fabric_address=CONF.fabric.listen_address, fabric_port=CONF.fabric.port,
         tls=auth.TlsConfig.from_conf(CONF.fabric), substore_mb=CONF.agent.substore_mb,
         placement_policy=CONF.agent.placement_policy, fetch_timeout=CONF.agent.fetch_timeout,
-        streams=CONF.fabric.streams)
+        streams=CONF.fabric.streams, advertise_address=CONF.migration.advertise_address,
+        copy_timeout=CONF.migration.copy_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,15 +2,18 @@
 
 Two pools of authenticated connections to the peer:
 
-* request connections for page-ins, page-outs and drops: one round trip each,
+* request connections for page-ins, page-outs, drops and the requests of a
+  partial migration (copy, commit, drop a VM): one round trip each,
   TCP_NODELAY, one caller per connection at a time (a page-in never waits
   behind another caller's transfer); the pool grows on demand;
 * ``streams`` bulk connections for :meth:`FabricClient.bulk_put`, which
   pipelines batches over all of them.
 
 A broken connection is replaced and the request sent again, a bounded number
-of times: every request is idempotent (the service applies it all or nothing).
-Timeouts are not retried: a peer that is too slow would only get more work.
+of times: every request is idempotent (the service applies it all or nothing),
+except that a COMMIT_PAGES applied whose reply was lost fails when sent again
+(its pages have left the staging key: PagesNotHeldError). Timeouts are not
+retried: a peer that is too slow would only get more work.
 """
 
 from __future__ import annotations
@@ -205,14 +208,20 @@ class FabricClient:
         raise AssertionError("unreachable")
 
     def _request(self, what: str, frame: list[wire.Buffer], request_id: int, vm: uuid.UUID,
-                 expect: wire.MessageType, keep: bool = False) -> wire.Frame:
+                 expect: wire.MessageType, keep: bool = False,
+                 timeout: float | None = None) -> wire.Frame:
+        """One request and its reply; ``timeout`` replaces ``request_timeout`` for it."""
         def attempt() -> wire.Frame:
             conn = self._requests.acquire()
             assert conn is not None
             try:
+                if timeout is not None:
+                    conn.settimeout(timeout)
                 conn.send(frame)
                 return _check_reply(conn, conn.receive(keep=keep), request_id, vm, expect)
             finally:
+                if timeout is not None and not conn.closed:
+                    conn.settimeout(self.request_timeout)  # back to the pool's timeout
                 self._requests.release(conn)
 
         return self._retrying(what, attempt)
@@ -262,6 +271,65 @@ class FabricClient:
             frame = wire.encode_page_list(wire.MessageType.DROP_PAGES, request_id, vm, chunk)
             reply = self._request("drop", frame, request_id, vm, wire.MessageType.ACK)
             _check_ack(reply, len(chunk), self.peer_name)
+
+    def copy_pages(self, vm: uuid.UUID, key: uuid.UUID, dest_name: str, dest_address: str,
+                   dest_port: int, pages: Sequence[int],
+                   timeout: float | None = None) -> tuple[int, list[int]]:
+        """The peer sends the ones it holds of ``vm``'s ``pages`` to another host.
+
+        They are stored on ``dest_name`` (at ``dest_address``:``dest_port``) under
+        the staging ``key``, not ``vm``; :meth:`commit_pages` on that host makes
+        them the VM's. One request per MAX_PAGES, each waiting up to ``timeout``
+        (default ``request_timeout``) while the peer streams its pages on.
+        Returns the pages copied and the listed pages the peer does not hold. A
+        failure at the destination is raised as the peer reports it
+        (RemoteInternalError naming the destination); pages of earlier requests,
+        and some of the failed one, may be at the destination under ``key``.
+        """
+        copied = 0
+        missing: list[int] = []
+        for start in range(0, len(pages), wire.MAX_PAGES):
+            chunk = list(pages[start:start + wire.MAX_PAGES])
+            request = wire.CopyRequest(key, dest_name, dest_address, dest_port, chunk)
+            request_id = self.next_request_id()
+            frame = wire.encode_copy_pages(request_id, vm, request)
+            reply = self._request("copy", frame, request_id, vm, wire.MessageType.COPIED,
+                                  timeout=timeout)
+            done, absent = wire.decode_copied(reply.header, reply.payload)
+            if done + len(absent) != len(chunk) or not set(absent).issubset(chunk):
+                raise FabricProtocolError(
+                    f"{self.peer_name} copied {done} and missed {len(absent)} pages of a "
+                    f"copy of {len(chunk)} pages")
+            copied += done
+            missing.extend(absent)
+        return copied, missing
+
+    def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
+        """The peer moves ``pages`` from the staging ``key`` to ``vm``; the pages moved.
+
+        Each MAX_PAGES of them are moved all or nothing: PagesNotHeldError (naming
+        the pages not held under ``key``) leaves that request's pages where they
+        were, but those of earlier requests moved.
+        """
+        moved = 0
+        for start in range(0, len(pages), wire.MAX_PAGES):
+            chunk = pages[start:start + wire.MAX_PAGES]
+            request_id = self.next_request_id()
+            frame = wire.encode_commit_pages(request_id, vm, key, chunk)
+            reply = self._request("commit", frame, request_id, vm, wire.MessageType.ACK)
+            if reply.header.count > len(chunk):
+                raise FabricProtocolError(f"{self.peer_name} committed {reply.header.count} "
+                                          f"of {len(chunk)} pages")
+            moved += reply.header.count
+        return moved
+
+    def drop_vm(self, vm: uuid.UUID) -> int:
+        """The peer forgets every page of ``vm`` (a VM or a staging key); how many it held."""
+        request_id = self.next_request_id()
+        reply = self._request("drop VM", wire.encode_empty(wire.MessageType.DROP_VM,
+                                                            request_id, vm),
+                              request_id, vm, wire.MessageType.ACK)
+        return reply.header.count
 
     def ping(self) -> float:
         """Round-trip time to the peer, in seconds."""

@@ -6,7 +6,9 @@ connection), authenticates them (``auth.py``), then serves requests in order
 from a :class:`~nova_ipmigrate.fabric.service.PageService`. Frames on one
 connection are applied in the order sent, which is what keeps a page sent
 twice on one stream from going stale. Requests refused by the service become
-ERROR replies; a protocol violation or a failed authentication closes the
+ERROR replies; a COPY_PAGES (which streams pages on to a third host) is served
+on its connection's thread like any request, so it holds up only that
+connection. A protocol violation or a failed authentication closes the
 connection and never reaches the service.
 """
 
@@ -29,6 +31,7 @@ from nova_ipmigrate.fabric.errors import (
     FabricProtocolError,
     FabricRemoteError,
     PagesNotHeldError,
+    RemoteBadRequestError,
 )
 from nova_ipmigrate.fabric.service import PageService
 
@@ -46,7 +49,7 @@ class FabricStats:
     bytes_in: int = 0
     bytes_out: int = 0
     pages_in: int = 0  # received in PUT_PAGES
-    pages_out: int = 0  # sent in PAGES
+    pages_out: int = 0  # sent in PAGES, or copied to another host for COPY_PAGES
 
 
 class FabricServer:
@@ -261,4 +264,25 @@ class FabricServer:
             self.handler.drop_pages(header.vm, pages)
             return wire.encode_empty(wire.MessageType.ACK, header.request_id, header.vm,
                                      len(pages)), 0, 0
+        if type_ is wire.MessageType.COPY_PAGES:
+            request = wire.decode_copy_pages(header, payload)
+            if request.key == header.vm:
+                raise RemoteBadRequestError(f"staging key {request.key} is the VM itself")
+            copied, missing = self.handler.copy_pages(header.vm, request)
+            if copied < 0 or copied + len(missing) > len(request.pages):
+                raise ValueError(f"page service copied {copied} and missed {len(missing)} "
+                                 f"of {len(request.pages)} pages")
+            return wire.encode_copied(header.request_id, header.vm, copied, missing), 0, copied
+        if type_ is wire.MessageType.COMMIT_PAGES:
+            key, pages = wire.decode_commit_pages(header, payload)
+            if key == header.vm:
+                raise RemoteBadRequestError(f"staging key {key} is the VM itself")
+            # Moved within this host: not a transfer, not counted as pages in.
+            moved = self.handler.commit_pages(header.vm, key, pages)
+            return wire.encode_empty(wire.MessageType.ACK, header.request_id, header.vm,
+                                     moved), 0, 0
+        if type_ is wire.MessageType.DROP_VM:
+            dropped = self.handler.drop_vm(header.vm)
+            return wire.encode_empty(wire.MessageType.ACK, header.request_id, header.vm,
+                                     dropped), 0, 0
         return wire.encode_empty(wire.MessageType.PONG, header.request_id), 0, 0

@@ -8,17 +8,31 @@ A page that is asked for but not held here (``get_pages`` returns ``None`` for
 it) fails the whole request with ERROR NOT_HELD naming the missing pages: a
 page-in goes to the host the page directory names, so a miss is a consistency
 failure that the caller must see, never a silent substitute page.
+
+Partial migration moves the pages one sub-host holds for a VM to another host
+without passing them through the VM's main host: the main host asks the holder
+to ``copy_pages`` them to the destination under a staging key (a UUID that is
+no VM), then asks the destination to ``commit_pages`` them from the key to the
+VM, and ``drop_vm`` forgets what either end no longer needs.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from nova_ipmigrate.fabric.errors import StoreFullError
-from nova_ipmigrate.fabric.wire import Buffer
+from nova_ipmigrate.fabric.errors import (
+    PagesNotHeldError,
+    RemoteBadRequestError,
+    StoreFullError,
+)
+from nova_ipmigrate.fabric.wire import Buffer, CopyRequest
+
+#: Sends the held pages of a copy, as (page, content), to the request's destination;
+#: returns the number of pages sent.
+Copier = Callable[[CopyRequest, list[tuple[int, bytes]]], int]
 
 
 class PageService(Protocol):
@@ -40,12 +54,38 @@ class PageService(Protocol):
     def drop_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> None:
         """Forget ``pages``; pages not held are ignored (dropping is idempotent)."""
 
+    def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
+        """Move ``pages`` from the staging ``key`` to ``vm``; the number of pages moved.
+
+        A moved page replaces any copy held for ``vm``. All or nothing: if any of
+        ``pages`` is not held under ``key``, raise
+        :class:`~nova_ipmigrate.fabric.errors.PagesNotHeldError` naming them,
+        having moved none.
+        """
+
+    def drop_vm(self, vm: uuid.UUID) -> int:
+        """Forget every page held for ``vm`` (a VM or a staging key); how many there were."""
+
+    def copy_pages(self, vm: uuid.UUID, request: CopyRequest) -> tuple[int, list[int]]:
+        """Send the held ones of ``vm``'s ``request.pages`` to ``request``'s destination.
+
+        They are stored there under ``request.key``, not ``vm``. Returns the
+        number of pages sent and the listed pages not held here. A failure to
+        reach or store at the destination is raised as a ``FabricRemoteError``
+        (some pages may have arrived there under the key).
+        """
+
 
 class InMemoryPageService:
-    """A PageService over dicts, for tests, benchmarks and the lab's fake hosts."""
+    """A PageService over dicts, for tests, benchmarks and the lab's fake hosts.
 
-    def __init__(self, capacity_pages: int | None = None) -> None:
+    It copies pages only through ``copier`` (it has no fabric client of its own).
+    """
+
+    def __init__(self, capacity_pages: int | None = None, *,
+                 copier: Copier | None = None) -> None:
         self.capacity_pages = capacity_pages
+        self.copier = copier
         self._vms: dict[uuid.UUID, dict[int, bytes]] = {}
         self._held = 0
         self._lock = threading.Lock()
@@ -82,3 +122,40 @@ class InMemoryPageService:
             for page in pages:
                 if held.pop(page, None) is not None:
                     self._held -= 1
+
+    def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
+        if key == vm:
+            raise RemoteBadRequestError(f"staging key {key} is the VM itself")
+        if not pages:
+            return 0
+        with self._lock:
+            staged = self._vms.get(key, {})
+            missing = [page for page in pages if page not in staged]
+            if missing:
+                raise PagesNotHeldError(
+                    f"{len(missing)} of {len(pages)} pages not staged here", missing)
+            held = self._vms.setdefault(vm, {})
+            moved = 0
+            for page in dict.fromkeys(pages):
+                if page in held:
+                    self._held -= 1  # the staged copy replaces it
+                held[page] = staged.pop(page)
+                moved += 1
+            if not staged:
+                self._vms.pop(key, None)
+            return moved
+
+    def drop_vm(self, vm: uuid.UUID) -> int:
+        with self._lock:
+            dropped = len(self._vms.pop(vm, {}))
+            self._held -= dropped
+            return dropped
+
+    def copy_pages(self, vm: uuid.UUID, request: CopyRequest) -> tuple[int, list[int]]:
+        if self.copier is None:
+            raise RemoteBadRequestError("copying not supported")
+        with self._lock:
+            held = self._vms.get(vm, {})
+            items = [(page, held[page]) for page in request.pages if page in held]
+            missing = [page for page in request.pages if page not in held]
+        return (self.copier(request, items) if items else 0), missing

@@ -17,7 +17,19 @@ Payloads, by type (``n`` = count):
   ``ceil(n / 8)`` bytes (bit ``i % 8`` of byte ``i // 8`` set: page ``i`` is all
   zeros and its data is elided; padding bits 0), then the data of the non-zero
   pages, ``PAGE_SIZE`` bytes each, back to back in list order.
-* ACK: empty; ``n`` is the number of pages the request applied.
+* ACK: empty; ``n`` is the number of pages the request applied (put, dropped,
+  committed); the only count that may exceed :data:`MAX_PAGES` (after DROP_VM).
+* COPY_PAGES (partial migration, main host to the sub-host holding the pages):
+  staging key (16-byte UUID) + destination port (u16) + destination host name
+  length (u8) + name (UTF-8, 1 to 255 bytes) + destination address length (u8)
+  + address (UTF-8, 1 to 255 bytes) + ``n`` page numbers (u64 each). The pages
+  of the header's VM that the receiver holds are sent to that host as PUT_PAGES
+  for the VM ``staging key``.
+* COPIED (reply to COPY_PAGES): ``n`` is the number of pages copied; payload:
+  the listed page numbers not held (u64 each).
+* COMMIT_PAGES: staging key (16) + ``n`` page numbers: move those pages from
+  the staging key to the header's VM, all or nothing (ACK, or ERROR NOT_HELD).
+* DROP_VM: empty; forget every page held for the header's VM (or staging key).
 * ERROR: code (u32, :class:`~nova_ipmigrate.fabric.errors.ErrorCode`), ``n`` page
   numbers the error is about (may be 0), a UTF-8 message.
 
@@ -78,6 +90,10 @@ class MessageType(enum.IntEnum):
     DROP_PAGES = 13
     ACK = 14
     ERROR = 15
+    COPY_PAGES = 16
+    COPIED = 17
+    COMMIT_PAGES = 18
+    DROP_VM = 19
     PING = 20
     PONG = 21
 
@@ -90,6 +106,9 @@ REPLY_TO = {
     MessageType.GET_PAGES: MessageType.PAGES,
     MessageType.PUT_PAGES: MessageType.ACK,
     MessageType.DROP_PAGES: MessageType.ACK,
+    MessageType.COPY_PAGES: MessageType.COPIED,
+    MessageType.COMMIT_PAGES: MessageType.ACK,
+    MessageType.DROP_VM: MessageType.ACK,
     MessageType.PING: MessageType.PONG,
 }
 #: Messages carrying page data (list + zero bitmap + data).
@@ -97,7 +116,15 @@ DATA_TYPES = frozenset({MessageType.PAGES, MessageType.PUT_PAGES})
 #: Messages carrying a page-number list only.
 LIST_TYPES = frozenset({MessageType.GET_PAGES, MessageType.DROP_PAGES})
 #: Messages with neither count nor payload.
-EMPTY_TYPES = frozenset({MessageType.AUTH_OK, MessageType.PING, MessageType.PONG})
+EMPTY_TYPES = frozenset({MessageType.AUTH_OK, MessageType.PING, MessageType.PONG,
+                         MessageType.DROP_VM})
+
+KEY_SIZE = 16  # a staging key is a UUID
+PORT = struct.Struct("<H")
+#: The fixed part of a COPY_PAGES payload: key, port, and the two length bytes.
+COPY_FIXED = KEY_SIZE + PORT.size + 2
+#: Longest destination address of a COPY_PAGES.
+MAX_ADDRESS = 255
 
 
 # Built for every frame: slots and no frozen __setattr__ make them cheap to create.
@@ -108,6 +135,17 @@ class Header:
     vm: uuid.UUID
     count: int
     length: int
+
+
+@dataclass(slots=True)
+class CopyRequest:
+    """A COPY_PAGES: send ``pages`` to host ``name`` at ``address``:``port`` under ``key``."""
+
+    key: uuid.UUID
+    name: str
+    address: str
+    port: int
+    pages: list[int]
 
 
 @dataclass(slots=True)
@@ -154,7 +192,8 @@ def parse_header(raw: Buffer, authenticated: bool = True) -> Header:
     limit = MAX_PAYLOAD if authenticated else MAX_HANDSHAKE_PAYLOAD
     if length > limit:
         raise FabricProtocolError(f"{type_.name} payload of {length} bytes exceeds {limit}")
-    if count > MAX_PAGES:
+    # An ACK's count sizes nothing (a DROP_VM may drop more than MAX_PAGES pages).
+    if count > MAX_PAGES and type_ is not MessageType.ACK:
         raise FabricProtocolError(f"{type_.name} names {count} pages, more than {MAX_PAGES}")
     _check_length(type_, count, length)
     return Header(type_, request_id, _vm(vm), count, length)
@@ -170,6 +209,15 @@ def _check_length(type_: MessageType, count: int, length: int) -> None:
         ok = count == 0 and length == 0
     elif type_ is MessageType.ACK:
         ok = length == 0
+    elif type_ is MessageType.COPY_PAGES:
+        # Both strings at least 1 byte, at most 255: checked exactly with the payload.
+        fixed = COPY_FIXED + count * PAGE_NUMBER.size
+        ok = fixed + 2 <= length <= fixed + MAX_HOST_NAME + MAX_ADDRESS
+    elif type_ is MessageType.COPIED:
+        # Copied and missing pages together are at most the pages of one request.
+        ok = length % PAGE_NUMBER.size == 0 and count + length // PAGE_NUMBER.size <= MAX_PAGES
+    elif type_ is MessageType.COMMIT_PAGES:
+        ok = length == KEY_SIZE + count * PAGE_NUMBER.size
     elif type_ is MessageType.ERROR:
         fixed = ERROR_BODY.size + count * PAGE_NUMBER.size
         ok = fixed <= length <= fixed + MAX_ERROR_TEXT
@@ -194,6 +242,8 @@ def check_payload(header: Header, payload: memoryview) -> None:
                                          else 0):])
     elif header.type is MessageType.ERROR:
         _error_text(payload[ERROR_BODY.size + header.count * PAGE_NUMBER.size:])
+    elif header.type is MessageType.COPY_PAGES:
+        _copy_destination(header, payload)
 
 
 def encode_header(type_: MessageType, request_id: int, vm: uuid.UUID, count: int,
@@ -210,7 +260,7 @@ def frame(type_: MessageType, request_id: int, vm: uuid.UUID, count: int,
 
 def encode_empty(type_: MessageType, request_id: int = 0, vm: uuid.UUID = NO_VM,
                  count: int = 0) -> list[Buffer]:
-    """AUTH_OK, PING, PONG, or ACK (``count``: the pages applied)."""
+    """AUTH_OK, PING, PONG, DROP_VM, or ACK (``count``: the pages applied)."""
     return [encode_header(type_, request_id, vm, count, 0)]
 
 
@@ -299,6 +349,81 @@ def decode_pages(header: Header, payload: memoryview) -> tuple[list[int], list[B
             data.append(payload[offset:offset + PAGE_SIZE])
             offset += PAGE_SIZE
     return pages, data
+
+
+# -- partial migration: COPY_PAGES, COPIED, COMMIT_PAGES -----------------------------------
+
+
+def encode_copy_pages(request_id: int, vm: uuid.UUID, request: CopyRequest) -> list[Buffer]:
+    """COPY_PAGES of ``vm``'s ``request.pages`` to ``request``'s destination."""
+    _check_count(len(request.pages))
+    name = encode_host_name(request.name)
+    address = request.address.encode("utf-8")
+    if not 0 < len(address) <= MAX_ADDRESS:
+        raise ValueError(f"destination address must be 1 to {MAX_ADDRESS} bytes of UTF-8: "
+                         f"{request.address!r}")
+    if not 0 <= request.port <= 0xFFFF:
+        raise ValueError(f"destination port must be u16: {request.port}")
+    head = b"".join([request.key.bytes, PORT.pack(request.port), bytes([len(name)]), name,
+                     bytes([len(address)]), address])
+    return frame(MessageType.COPY_PAGES, request_id, vm, len(request.pages),
+                 [head, _pack_pages(request.pages)])
+
+
+def _copy_destination(header: Header, payload: memoryview) -> tuple[str, str, int]:
+    """Destination name, address and the offset of the page list, checked."""
+    name_end = COPY_FIXED - 1 + payload[KEY_SIZE + PORT.size]
+    if not COPY_FIXED - 1 < name_end < header.length:
+        raise FabricProtocolError("COPY_PAGES destination name is empty or overruns")
+    name = _host_name(payload[COPY_FIXED - 1:name_end])
+    address_end = name_end + 1 + payload[name_end]
+    if address_end == name_end + 1:
+        raise FabricProtocolError("COPY_PAGES destination address is empty")
+    if header.length - address_end != header.count * PAGE_NUMBER.size:
+        raise FabricProtocolError(
+            f"COPY_PAGES of {header.count} pages: the page list takes "
+            f"{header.length - address_end} bytes, not {header.count * PAGE_NUMBER.size}")
+    try:
+        address = bytes(payload[name_end + 1:address_end]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FabricProtocolError("COPY_PAGES destination address is not UTF-8") from None
+    return name, address, address_end
+
+
+def decode_copy_pages(header: Header, payload: memoryview) -> CopyRequest:
+    name, address, offset = _copy_destination(header, payload)
+    (port,) = PORT.unpack_from(payload, KEY_SIZE)
+    pages = list(struct.unpack_from(f"<{header.count}Q", payload, offset))
+    return CopyRequest(_vm(bytes(payload[:KEY_SIZE])), name, address, port, pages)
+
+
+def encode_copied(request_id: int, vm: uuid.UUID, copied: int,
+                  missing: Sequence[int]) -> list[Buffer]:
+    """COPIED: ``copied`` pages sent, ``missing`` the listed pages not held."""
+    if copied < 0:
+        raise ValueError(f"{copied} pages copied")
+    _check_count(copied + len(missing))
+    return frame(MessageType.COPIED, request_id, vm, copied, [_pack_pages(missing)])
+
+
+def decode_copied(header: Header, payload: memoryview) -> tuple[int, list[int]]:
+    """Pages copied, and the page numbers that were not held."""
+    missing = header.length // PAGE_NUMBER.size
+    return header.count, list(struct.unpack_from(f"<{missing}Q", payload))
+
+
+def encode_commit_pages(request_id: int, vm: uuid.UUID, key: uuid.UUID,
+                        pages: Sequence[int]) -> list[Buffer]:
+    """COMMIT_PAGES: ``pages`` move from the staging ``key`` to ``vm``."""
+    _check_count(len(pages))
+    return frame(MessageType.COMMIT_PAGES, request_id, vm, len(pages),
+                 [key.bytes, _pack_pages(pages)])
+
+
+def decode_commit_pages(header: Header, payload: memoryview) -> tuple[uuid.UUID, list[int]]:
+    """Staging key and page numbers of a COMMIT_PAGES."""
+    return (_vm(bytes(payload[:KEY_SIZE])),
+            list(struct.unpack_from(f"<{header.count}Q", payload, KEY_SIZE)))
 
 
 # -- ERROR --------------------------------------------------------------------------------

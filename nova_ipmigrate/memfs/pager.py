@@ -174,7 +174,7 @@ class Pager:
             pages = [p for p, _ in cands]
             data = [buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(cands))]
             try:
-                holder = remote.push(vm, pages, data)
+                holder = remote.push(vm, pages, data, exclude=frozenset(table.closed_holders))
             except Exception as exc:
                 LOG.warning("push of %d page(s) failed: %s; they stay local", len(pages), exc)
                 table.push_failed(cands)

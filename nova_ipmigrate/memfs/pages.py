@@ -26,9 +26,13 @@ import random
 import threading
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.store import ZERO_PAGE, PageStore, StoreFull
+
+if TYPE_CHECKING:
+    from nova_ipmigrate.migration.consistency import PartMove
 
 LOG = logging.getLogger(__name__)
 
@@ -102,6 +106,7 @@ class PageCounters:
     remote_page_ins: int = 0   # pages fetched from a sub-host
     remote_page_outs: int = 0  # paged-out pages moved to a sub-host
     remote_stale: int = 0      # pushes overtaken by a page-in: the sub-host copy is dropped
+    remote_refused: int = 0    # pushes to a holder closed meanwhile: undone, pages stay here
     windows: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -145,6 +150,11 @@ class PageTable:
         self._rng = random.Random(npages)
         self.stats = PageCounters()
         self._last_full_log = 0
+        #: part moves in progress (``migration.consistency.PartMove``): told, under
+        #: this lock, of every page that leaves or reaches a holder
+        self.moves: list[PartMove] = []
+        #: holders no page may move to now (being emptied): their pushes are undone
+        self.closed_holders: set[int] = set()
 
     # -- helpers (lock held) ----------------------------------------------
 
@@ -224,15 +234,21 @@ class PageTable:
         if out and self.stats.page_outs - out < self.hot_distance:
             self._hot[p] = 1
 
-    def fill_remote(self, page: int, data: memoryview | bytes) -> int:
+    def fill_remote(self, page: int, data: memoryview | bytes, holder: int | None = None) -> bool:
         """A page fetched from its sub-host for a READ: it becomes CACHED here.
 
-        Returns the holder whose copy is now stale (queued to be dropped there).
-        Raises StoreFull (nothing changed) when no local slot is free.
+        ``holder``: the host it was fetched from. Returns False (nothing
+        changed) when the page is no longer held there: a part move switched
+        it or brought it home while it was fetched, and the caller asks again.
+        The stale copy at the holder is queued to be dropped there. Raises
+        StoreFull (nothing changed) when no local slot is free.
         """
         with self.lock:
-            if self.state[page] != _REMOTE:
-                raise ValueError(f"page {page} is not held by a sub-host")
+            if self.state[page] != _REMOTE or (holder is not None
+                                               and self.holder[page] != holder):
+                if holder is None:
+                    raise ValueError(f"page {page} is not held by a sub-host")
+                return False
             slot = self.store.allocate(1)[0]
             self.store.slot(slot)[:] = data
             self.slot[page] = slot
@@ -240,10 +256,56 @@ class PageTable:
             holder, self.holder[page] = self.holder[page], 0
             self._drop_queue.append((holder, page))
             self._set(page, _CACHED)
+            for move in self.moves:
+                move.page_left(page, holder)
             self.stats.page_ins += 1
             self.stats.remote_page_ins += 1
             self._became_resident(page)
-            return holder
+            return True
+
+    def bring_home(self, page: int, data: memoryview | bytes, holder: int, stamp: int) -> bool:
+        """A remote page comes back into the local store (``STORED``), lock held.
+
+        Only if it is still held by ``holder`` with page-in stamp ``stamp`` (so
+        ``data``, read from the holder, is current). The holder's copy is
+        queued to be dropped. Raises StoreFull (nothing changed).
+        """
+        if not (self.state[page] == _REMOTE and self.holder[page] == holder
+                and self.stamp[page] == stamp):
+            return False
+        slot = self.store.allocate(1)[0]
+        self.store.slot(slot)[:] = data
+        self.slot[page] = slot
+        self.holder[page] = 0
+        self._set(page, _STORED)
+        self._drop_queue.append((holder, page))
+        for move in self.moves:
+            move.page_left(page, holder)
+        return True
+
+    def remote_pages(self, holder: int) -> list[tuple[int, int]]:
+        """(page, stamp) of every page ``holder`` holds, ascending."""
+        with self.lock:
+            return [(p, self.stamp[p]) for p in range(self.npages)
+                    if self.state[p] == _REMOTE and self.holder[p] == holder]
+
+    def holders(self) -> dict[int, int]:
+        """Pages held by each holder (0: this host, resident or in the local store)."""
+        with self.lock:
+            out: dict[int, int] = {}
+            for st, h in zip(self.state, self.holder, strict=True):
+                if st == _REMOTE:
+                    out[h] = out.get(h, 0) + 1
+                elif st != _ZERO:
+                    out[0] = out.get(0, 0) + 1
+            return out
+
+    def queue_push_all(self) -> int:
+        """Queue every page in the local store for a push (re-splitting a gathered VM)."""
+        with self.lock:
+            pages = [p for p in range(self.npages) if self.state[p] == _STORED]
+            self._push_queue.extend(pages)
+            return len(pages)
 
     def holder_of(self, pages: list[int]) -> list[int]:
         with self.lock:
@@ -279,12 +341,23 @@ class PageTable:
         """
         stale: list[int] = []
         with self.lock:
+            if holder in self.closed_holders:
+                # Closed while the push was on the way (its part is moving away):
+                # the pages stay here and go elsewhere; the pushed copies are dropped.
+                for p, stamp in pushed:
+                    self._drop_queue.append((holder, p))
+                    if self.state[p] == _STORED and self.stamp[p] == stamp:
+                        self._push_queue.append(p)
+                self.stats.remote_refused += len(pushed)
+                return [p for p, _ in pushed]
             for p, stamp in pushed:
                 if self.state[p] == _STORED and self.stamp[p] == stamp:
                     self._release_slot(p)
                     self.holder[p] = holder
                     self._set(p, _REMOTE)
                     self.stats.remote_page_outs += 1
+                    for move in self.moves:
+                        move.page_arrived(p, holder)
                 else:
                     stale.append(p)
                     self._drop_queue.append((holder, p))
@@ -335,9 +408,11 @@ class PageTable:
                     raise WriteRejected(11, f"partial write to page {page} held by a sub-host")
                 self.slot[page] = self.store.allocate(1)[0]
                 self.store.slot(self.slot[page])[:] = data
-                self._drop_queue.append((self.holder[page], page))
-                self.holder[page] = 0
+                holder, self.holder[page] = self.holder[page], 0
+                self._drop_queue.append((holder, page))
                 self._set(page, _CACHED)
+                for move in self.moves:
+                    move.page_left(page, holder)
                 self._became_resident(page)
                 self.stats.writes_kept += 1
                 return

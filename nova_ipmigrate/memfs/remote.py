@@ -9,7 +9,7 @@ sub-hosts, and to drop copies that became stale. Holders are small integers
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 
@@ -32,8 +32,10 @@ class RemotePaging(Protocol):
         ...
 
     def push(self, vm: uuid.UUID, pages: Sequence[int],
-             data: Sequence[memoryview]) -> int:
+             data: Sequence[memoryview], exclude: Collection[int] = ()) -> int:
         """Place ``pages`` on a sub-host (placement policy), send them, return its holder.
+
+        Holders in ``exclude`` (closed: their part is moving away) are not chosen.
 
         All or nothing: on any error nothing is held anywhere and it raises.
         """

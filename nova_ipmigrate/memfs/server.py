@@ -219,6 +219,10 @@ class MemFS:
 
     # -- management (agent / control socket) --------------------------------------
 
+    def ram_files(self) -> list[tuple[str, RamFile]]:
+        """(path, RAM file) of every RAM file that has a name."""
+        return [(p, ram) for p, ram in self._ram_files() if p is not None]
+
     def find(self, path: str) -> RamFile:
         rel = path.strip("/")
         for p, ram in self._ram_files():
@@ -265,5 +269,6 @@ class MemFS:
             "notify_errors": self.pager.notify_errors,
             "protocol_errors": self.session.errors,
             "throttled_page_ins": self.session.throttled,
+            "redirected_page_ins": self.session.redirected,
             "files": files,
         }

@@ -27,6 +27,8 @@ from nova_ipmigrate.memfs.store import PageStore, StoreFull
 from nova_ipmigrate.memfs.tree import FsError, Inode, Tree
 
 LOG = logging.getLogger(__name__)
+#: how often one page-in follows a page whose holder changes under it
+_REDIRECTS = 4
 
 Reply = Sequence[bytes | memoryview]
 #: attributes and names change only through this daemon: cache them long
@@ -71,6 +73,7 @@ class FuseSession:
         self._fh = 0
         self._throttle = threading.BoundedSemaphore(max(1, config.throttle_slots))
         self.throttled = 0          # page-ins that waited for the evictor
+        self.redirected = 0         # page-ins asked again of a page's new holder (part moves)
         self._open_files: dict[int, tuple[Inode, bool]] = {}
         self._handlers: dict[int, Callable[[P.Request, ReaderContext], Reply | None]] = {
             P.Opcode.INIT: self._init, P.Opcode.DESTROY: self._destroy,
@@ -372,35 +375,73 @@ class FuseSession:
 
     def _fetch_remote(self, ram: RamFile, table: PageTable, first: int, pages: list[int],
                       out: memoryview) -> int:
-        """Page-in from sub-hosts; 0, or an errno for the READ (never wrong data)."""
+        """Page-in from sub-hosts; 0, or an errno for the READ (never wrong data).
+
+        A page whose holder changed while it was being fetched (a part move
+        switched it, or brought it home) is asked of its new holder, or read
+        here: the directory is asked again, never the old holder's answer used.
+        """
         if ram.remote is None or ram.vm is None:
             LOG.error("pages %s are held by sub-hosts but no remote paging is set", pages[:8])
             return errno.EIO
-        by_holder: dict[int, list[int]] = {}
-        for p, h in zip(pages, table.holder_of(pages), strict=True):
-            by_holder.setdefault(h, []).append(p)
-        for holder, group in by_holder.items():
+        pending = pages
+        for attempt in range(_REDIRECTS + 1):
+            retry: list[int] = []
+            by_holder: dict[int, list[int]] = {}
+            for p, h in zip(pending, table.holder_of(pending), strict=True):
+                by_holder.setdefault(h, []).append(p)
+            for holder, group in by_holder.items():
+                if holder == 0:
+                    # Not remote any more (brought home meanwhile): read it here.
+                    for p in group:
+                        i = p - first
+                        retry += table.read(p, 1, out[i * P.PAGE_SIZE:(i + 1) * P.PAGE_SIZE])
+                    continue
+                try:
+                    data = ram.remote.fetch(ram.vm, holder, group)
+                except RemoteUnavailable as exc:
+                    moved = [p for p, h in zip(group, table.holder_of(group), strict=True)
+                             if h != holder]
+                    if moved and attempt < _REDIRECTS:
+                        self.redirected += len(moved)
+                        retry += moved
+                        group = [p for p in group if p not in set(moved)]
+                    if group:
+                        ram.lost_pages.update(group)
+                        LOG.error("instance %s is broken: pages %s cannot be paged in from "
+                                  "%s: %s", ram.vm, group[:16],
+                                  ram.remote.holder_name(holder), exc)
+                        return errno.EIO
+                    continue
+                for p, d in zip(group, data, strict=True):
+                    err = self._fill(table, p, d, holder)
+                    if err < 0:
+                        self.redirected += 1
+                        retry.append(p)
+                        continue
+                    if err:
+                        return err
+                    i = p - first
+                    out[i * P.PAGE_SIZE:(i + 1) * P.PAGE_SIZE] = d
+            if not retry:
+                return 0
+            pending = retry
+        LOG.error("pages %s kept moving while being paged in", pending[:16])
+        return errno.EIO
+
+    @staticmethod
+    def _fill(table: PageTable, page: int, data: bytes, holder: int) -> int:
+        """0: page filled; -1: it is no longer at ``holder`` (ask again); else an errno."""
+        for attempt in range(100):
             try:
-                data = ram.remote.fetch(ram.vm, holder, group)
-            except RemoteUnavailable as exc:
-                ram.lost_pages.update(group)
-                LOG.error("instance %s is broken: pages %s cannot be paged in from %s: %s",
-                          ram.vm, group[:16], ram.remote.holder_name(holder), exc)
-                return errno.EIO
-            for p, d in zip(group, data, strict=True):
-                for attempt in range(100):
-                    try:
-                        table.fill_remote(p, d)
-                        break
-                    except StoreFull:
-                        # The pusher frees local slots; wait a little for it.
-                        if attempt == 99:
-                            LOG.error("page-in of page %d: local page store full", p)
-                            return errno.ENOMEM
-                        time.sleep(0.01)
-                i = p - first
-                out[i * P.PAGE_SIZE:(i + 1) * P.PAGE_SIZE] = d
-        return 0
+                return 0 if table.fill_remote(page, data, holder) else -1
+            except StoreFull:
+                # The pusher frees local slots; wait a little for it.
+                if attempt == 99:
+                    LOG.error("page-in of page %d: local page store full", page)
+                    return errno.ENOMEM
+                time.sleep(0.01)
+        return errno.ENOMEM
 
     def _write(self, req: P.Request, ctx: ReaderContext) -> Reply:
         _fh, offset, size, _wflags, _lo, _fl, _ = req.unpack(P.WRITE_IN)

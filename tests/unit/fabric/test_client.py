@@ -14,13 +14,18 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from nova_ipmigrate.agent.pageservice import AgentPageService
+from nova_ipmigrate.agent.substore import SubHostStore
 from nova_ipmigrate.fabric import wire
 from nova_ipmigrate.fabric.client import FabricClient
 from nova_ipmigrate.fabric.errors import (
     FabricAuthError,
     FabricConnectionError,
+    FabricProtocolError,
     FabricTimeoutError,
     PagesNotHeldError,
+    RemoteBadRequestError,
+    RemoteInternalError,
     StoreFullError,
 )
 from nova_ipmigrate.fabric.server import FabricServer
@@ -33,7 +38,6 @@ from tests.waiting import wait_for
 def page(seed: int) -> bytes:
     """A recognisable non-zero page."""
     return seed.to_bytes(8, "little") * (PAGE_SIZE // 8)
-
 
 
 @pytest.fixture
@@ -318,3 +322,177 @@ def test_bulk_put_error_after_the_last_batch_was_sent() -> None:
         with pytest.raises(StoreFullError):
             client.bulk_put(VM, ((p, page(p)) for p in range(30)), batch_pages=10)
         assert service.held == 10
+
+
+# -- partial migration: copy_pages, commit_pages, drop_vm ----------------------------------
+
+STAGING = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
+
+
+class CallsService(RecordingService):
+    """Also records commits, VM drops and copies (copies go through ``copier``)."""
+
+    def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
+        self.calls.append(("commit", vm, list(pages)))
+        return super().commit_pages(vm, key, pages)
+
+    def drop_vm(self, vm: uuid.UUID) -> int:
+        self.calls.append(("drop_vm", vm, []))
+        return super().drop_vm(vm)
+
+    def copy_pages(self, vm: uuid.UUID, request: wire.CopyRequest) -> tuple[int, list[int]]:
+        self.calls.append(("copy", vm, list(request.pages)))
+        return super().copy_pages(vm, request)
+
+
+def test_commit_and_drop_vm() -> None:
+    service = CallsService()
+    with FabricServer("127.0.0.1", 0, "host-b", KEY, service) as server, \
+            client_for(server) as client:
+        count = wire.MAX_PAGES + 10
+        client.bulk_put(STAGING, ((p, page(p)) for p in range(count)))
+        client.put_pages(VM, [0, count], [page(100), page(101)])
+        service.calls.clear()
+        assert client.commit_pages(VM, STAGING, list(range(count))) == count
+        # One request per MAX_PAGES.
+        assert [len(call[2]) for call in service.calls] == [wire.MAX_PAGES, 10]
+        held = service.pages_of(VM)
+        assert len(held) == count + 1 and held[0] == page(0) and held[count] == page(101)
+        assert service.pages_of(STAGING) == {}
+        assert client.drop_vm(VM) == count + 1
+        assert client.drop_vm(VM) == 0 and client.drop_vm(STAGING) == 0
+        assert service.held == 0
+        assert client.commit_pages(VM, STAGING, []) == 0
+
+
+def test_commit_is_all_or_nothing(client: FabricClient, service: RecordingService) -> None:
+    client.put_pages(STAGING, [1, 2], [page(1), page(2)])
+    with pytest.raises(PagesNotHeldError) as info:
+        client.commit_pages(VM, STAGING, [1, 3, 2, 4])
+    assert info.value.pages == [3, 4]
+    assert service.pages_of(VM) == {} and set(service.pages_of(STAGING)) == {1, 2}
+    assert client.commit_pages(VM, STAGING, [2, 1]) == 2  # the client is still usable
+
+
+def test_copy_needs_a_service_that_copies(client: FabricClient) -> None:
+    with pytest.raises(RemoteBadRequestError, match="not supported"):
+        client.copy_pages(VM, STAGING, "host-d", "127.0.0.1", 1, [1])
+
+
+def test_copy_is_chunked_and_summed() -> None:
+    sent: list[int] = []
+
+    def copier(request: wire.CopyRequest, items: list[tuple[int, bytes]]) -> int:
+        sent.extend(page for page, _ in items)
+        return len(items)
+
+    service = CallsService()
+    service.copier = copier
+    count = wire.MAX_PAGES + 50
+    with FabricServer("127.0.0.1", 0, "host-b", KEY, service) as server, \
+            client_for(server) as client:
+        client.bulk_put(VM, ((p, page(p)) for p in range(0, count, 2)))
+        service.calls.clear()
+        copied, missing = client.copy_pages(VM, STAGING, "host-d", "127.0.0.1", 1,
+                                            list(range(count)))
+    assert copied == len(sent) == (count + 1) // 2
+    assert missing == list(range(1, count, 2))
+    assert [len(call[2]) for call in service.calls] == [wire.MAX_PAGES, 50]
+
+
+class SlowCopies(CallsService):
+    def copy_pages(self, vm: uuid.UUID, request: wire.CopyRequest) -> tuple[int, list[int]]:
+        time.sleep(0.5)
+        return 0, list(request.pages)
+
+    def get_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> list[wire.Buffer | None]:
+        time.sleep(0.5)
+        return super().get_pages(vm, pages)
+
+
+def test_copy_timeout_overrides_the_request_timeout() -> None:
+    service = SlowCopies()
+    with FabricServer("127.0.0.1", 0, "host-b", KEY, service) as server, \
+            client_for(server, request_timeout=0.2, request_connections=1) as client:
+        assert client.copy_pages(VM, STAGING, "host-d", "x", 1, [1], timeout=5) == (0, [1])
+        # The connection is back at request_timeout for the next request.
+        with pytest.raises(FabricTimeoutError):
+            client.get_pages(VM, [1])
+        with pytest.raises(FabricTimeoutError):
+            client.copy_pages(VM, STAGING, "host-d", "x", 1, [1])
+
+
+class LyingCopies(CallsService):
+    def copy_pages(self, vm: uuid.UUID, request: wire.CopyRequest) -> tuple[int, list[int]]:
+        return 0, [page + 1 for page in request.pages]  # pages it was not asked for
+
+
+def test_copy_reply_naming_other_pages() -> None:
+    with FabricServer("127.0.0.1", 0, "host-b", KEY, LyingCopies()) as server, \
+            client_for(server) as client:
+        with pytest.raises(FabricProtocolError, match="missed 1 pages"):
+            client.copy_pages(VM, STAGING, "host-d", "x", 1, [1])
+
+
+# -- a copy between two real servers, S (AgentPageService) to D -----------------------------
+
+
+@pytest.fixture
+def sub_hosts() -> Iterator[tuple[FabricServer, SubHostStore, FabricServer, SubHostStore]]:
+    """Sub-host S (host-s) and destination D (host-d), both agents' page services."""
+    s_store, d_store = SubHostStore(10_000), SubHostStore(10_000)
+    s_service = AgentPageService(s_store, "host-s", KEY, streams=2)
+    d_service = AgentPageService(d_store, "host-d", KEY)
+    with FabricServer("127.0.0.1", 0, "host-s", KEY, handler=s_service) as s_server, \
+            FabricServer("127.0.0.1", 0, "host-d", KEY, handler=d_service) as d_server:
+        yield s_server, s_store, d_server, d_store
+    s_service.close()
+    d_service.close()
+
+
+def test_partial_migration_end_to_end(
+        sub_hosts: tuple[FabricServer, SubHostStore, FabricServer, SubHostStore]) -> None:
+    s_server, s_store, d_server, d_store = sub_hosts
+    pages = list(range(0, 6000, 2))
+    with FabricClient("host-m", "127.0.0.1", s_server.port, KEY, "host-s") as to_s, \
+            FabricClient("host-m", "127.0.0.1", d_server.port, KEY, "host-d") as to_d:
+        to_s.bulk_put(VM, ((p, bytes(PAGE_SIZE) if p % 10 == 0 else page(p)) for p in pages))
+        to_d.put_pages(VM, [0, 1], [page(1000), page(1001)])  # an older copy on D
+        asked = list(range(6000))
+        copied, missing = to_s.copy_pages(VM, STAGING, "host-d", "127.0.0.1", d_server.port,
+                                          asked, timeout=30)
+        assert copied == len(pages)
+        assert missing == list(range(1, 6000, 2))
+        # D holds them under the staging key, not the VM, until the commit.
+        assert d_store.get_pages(STAGING, [2, 4]) == [page(2), page(4)]
+        assert d_store.get_pages(VM, [0, 2]) == [page(1000), None]
+        assert to_d.commit_pages(VM, STAGING, pages) == len(pages)
+        got = to_d.get_pages(VM, pages)
+        assert all(bytes(view) == (bytes(PAGE_SIZE) if p % 10 == 0 else page(p))
+                   for p, view in zip(pages, got, strict=True))
+        assert bytes(to_d.get_pages(VM, [1])[0]) == page(1001)  # not copied, kept
+        assert d_store.stats()["vms"] == {str(VM): len(pages) + 1}
+        assert d_store.store.used == len(pages) + 1  # the old copy's slot went back
+        # S still holds its copy until the main host drops it.
+        assert to_s.drop_vm(VM) == len(pages) and s_store.store.used == 0
+    assert s_server.stats().pages_out == len(pages)
+    assert d_server.stats().pages_in == len(pages) + 2
+
+
+def test_copy_to_an_unreachable_destination_is_an_error(
+        sub_hosts: tuple[FabricServer, SubHostStore, FabricServer, SubHostStore]) -> None:
+    s_server, _, _, _ = sub_hosts
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with FabricClient("host-m", "127.0.0.1", s_server.port, KEY, "host-s") as to_s:
+        to_s.put_pages(VM, [1], [page(1)])
+        start = time.monotonic()
+        with pytest.raises(RemoteInternalError, match=f"host-d \\(127.0.0.1:{port}\\)"):
+            to_s.copy_pages(VM, STAGING, "host-d", "127.0.0.1", port, [1, 2])
+        assert time.monotonic() - start < 5
+        # Nothing held: nothing to send, so no connection is tried.
+        assert to_s.copy_pages(VM, STAGING, "host-d", "127.0.0.1", port, [2]) == (0, [2])
+        # The connection to S is still usable.
+        assert bytes(to_s.get_pages(VM, [1])[0]) == page(1)
+    assert s_server.stats().errors == 1

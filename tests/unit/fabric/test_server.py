@@ -190,6 +190,13 @@ MALFORMED = {
                          + _put_body(2, b"\x80", 2)),
     "reply sent as request": _header(T.ACK, count=1),
     "handshake after auth": _header(T.HELLO, length=40) + os.urandom(32) + b"host-xyz",
+    "copy list mismatch": (_header(T.COPY_PAGES, count=1, length=16 + 2 + 2 + 2 + 16)
+                           + os.urandom(18) + b"\x01d\x01a" + b"\0" * 16),
+    "copy name not UTF-8": (_header(T.COPY_PAGES, count=0, length=16 + 2 + 2 + 2)
+                            + os.urandom(18) + b"\x01\xff\x01a"),
+    "commit without key": _header(T.COMMIT_PAGES, count=1, length=8) + b"\0" * 8,
+    "drop VM with payload": _header(T.DROP_VM, length=8) + b"\0" * 8,
+    "copied sent as request": _header(T.COPIED, count=1),
 }
 
 
@@ -237,3 +244,106 @@ def test_wrong_key_counted_and_never_served() -> None:
     assert served.server.stats().auth_failures == 1
     assert service.calls == []
     served.finish()
+
+
+# -- partial migration: COMMIT_PAGES, DROP_VM, COPY_PAGES ----------------------------------
+
+KEY_VM = uuid.UUID("00000000-0000-4000-8000-0000000000ff")  # a staging key
+
+
+def test_commit_moves_pages_from_the_key(served: Served, service: RecordingService) -> None:
+    old, new = [os.urandom(PAGE_SIZE) for _ in range(2)], [os.urandom(PAGE_SIZE) for _ in range(3)]
+    put(served, [1, 2], old)
+    put(served, [1, 2, 3], new, vm=KEY_VM)
+    ack = served.call(wire.encode_commit_pages(5, VM, KEY_VM, [1, 3]))
+    assert (ack.header.type, ack.header.request_id, ack.header.vm, ack.header.count) == (
+        T.ACK, 5, VM, 2)
+    # Committed pages replace the VM's; the rest stays staged.
+    assert service.pages_of(VM) == {1: new[0], 2: old[1], 3: new[2]}
+    assert service.pages_of(KEY_VM) == {2: new[1]}
+    assert service.held == 4
+    stats = served.server.stats()
+    assert (stats.pages_in, stats.pages_out) == (5, 0)  # a commit is no transfer
+
+
+def test_commit_is_all_or_nothing(served: Served, service: RecordingService) -> None:
+    put(served, [1, 2], [os.urandom(PAGE_SIZE)] * 2, vm=KEY_VM)
+    reply = served.call(wire.encode_commit_pages(6, VM, KEY_VM, [1, 7, 2, 8]))
+    code, pages, message = error_of(reply)
+    assert code == ErrorCode.NOT_HELD and pages == [7, 8] and "2 of 4" in message
+    assert service.pages_of(VM) == {} and set(service.pages_of(KEY_VM)) == {1, 2}
+    assert served.call(wire.encode_empty(T.PING, 7)).header.type is T.PONG
+
+
+def test_commit_to_the_key_itself_is_refused(served: Served, service: RecordingService) -> None:
+    put(served, [1], [os.urandom(PAGE_SIZE)])
+    code, _, message = error_of(served.call(wire.encode_commit_pages(2, VM, VM, [1])))
+    assert code == ErrorCode.BAD_REQUEST and "VM itself" in message
+    assert set(service.pages_of(VM)) == {1}
+
+
+def test_drop_vm(served: Served, service: RecordingService) -> None:
+    put(served, [1, 2, 3], [os.urandom(PAGE_SIZE)] * 3)
+    put(served, [1], [os.urandom(PAGE_SIZE)], vm=KEY_VM)
+    ack = served.call(wire.encode_empty(T.DROP_VM, 8, VM))
+    assert (ack.header.type, ack.header.request_id, ack.header.vm, ack.header.count) == (
+        T.ACK, 8, VM, 3)
+    assert service.pages_of(VM) == {} and service.held == 1
+    # An unknown key (or one dropped already) drops nothing; not an error.
+    assert served.call(wire.encode_empty(T.DROP_VM, 9, VM)).header.count == 0
+    assert served.call(wire.encode_empty(T.DROP_VM, 10, uuid.uuid4())).header.count == 0
+
+
+def _copy(served: Served, pages: Sequence[int], key: uuid.UUID = KEY_VM,
+          request_id: int = 1) -> wire.Frame:
+    request = wire.CopyRequest(key, "host-d", "127.0.0.1", 9, list(pages))
+    return served.call(wire.encode_copy_pages(request_id, VM, request))
+
+
+def test_copy_not_supported_by_default(served: Served) -> None:
+    code, _, message = error_of(_copy(served, [1]))
+    assert code == ErrorCode.BAD_REQUEST and "not supported" in message
+
+
+def test_copy_dispatch() -> None:
+    copies: list[tuple[wire.CopyRequest, list[int]]] = []
+
+    def copier(request: wire.CopyRequest, items: list[tuple[int, bytes]]) -> int:
+        copies.append((request, [page for page, _ in items]))
+        return len(items)
+
+    service = RecordingService()
+    service.copier = copier
+    served = Served(service).authenticate()
+    try:
+        put(served, [1, 2, 3], [os.urandom(PAGE_SIZE)] * 3)
+        reply = _copy(served, [3, 9, 1, 8], request_id=4)
+        assert (reply.header.type, reply.header.request_id, reply.header.vm) == (T.COPIED, 4, VM)
+        assert wire.decode_copied(reply.header, reply.payload) == (2, [9, 8])
+        assert copies == [(wire.CopyRequest(KEY_VM, "host-d", "127.0.0.1", 9, [3, 9, 1, 8]),
+                           [3, 1])]
+        # Nothing held: nothing to send, the copier is not called.
+        assert wire.decode_copied(*_frame_parts(_copy(served, [7]))) == (0, [7])
+        assert len(copies) == 1
+        assert served.server.stats().pages_out == 2  # copied pages leave this host
+        code, _, _ = error_of(_copy(served, [1], key=VM))
+        assert code == ErrorCode.BAD_REQUEST
+    finally:
+        served.finish()
+
+
+def _frame_parts(frame: wire.Frame) -> tuple[wire.Header, memoryview]:
+    return frame.header, frame.payload
+
+
+class LyingCopier(RecordingService):
+    def copy_pages(self, vm: uuid.UUID, request: wire.CopyRequest) -> tuple[int, list[int]]:
+        return len(request.pages) + 1, []
+
+
+def test_copy_service_claiming_too_many_pages() -> None:
+    served = Served(LyingCopier()).authenticate()
+    try:
+        assert error_of(_copy(served, [1]))[0] == ErrorCode.INTERNAL
+    finally:
+        served.finish()

@@ -133,6 +133,9 @@ def test_empty_messages(type_: wire.MessageType) -> None:
 def test_ack_carries_a_count() -> None:
     header, _ = split(joined(wire.encode_empty(T.ACK, 5, VM, 256)))
     assert header.count == 256
+    # The pages a DROP_VM dropped: not limited to one message's pages.
+    header, _ = split(joined(wire.encode_empty(T.ACK, 5, VM, 2**32 - 1)))
+    assert header.count == 2**32 - 1
 
 
 # -- encoders refuse what the decoder would reject -----------------------------------------
@@ -236,3 +239,160 @@ def test_malformed_host_name() -> None:
     raw = raw_header(T.HELLO, length=len(body)) + body
     with pytest.raises(FabricProtocolError, match="not UTF-8"):
         split(raw, authenticated=False)
+
+
+# -- partial migration: COPY_PAGES, COPIED, COMMIT_PAGES, DROP_VM --------------------------
+
+KEY = uuid.UUID("87654321-4321-8765-4321-876543218765")
+
+
+def _copy_body(name: bytes = b"host-d", address: bytes = b"10.0.0.4", pages: int = 2, *,
+               name_len: int | None = None, address_len: int | None = None,
+               port: int = 47800, extra: bytes = b"") -> bytes:
+    return (KEY.bytes + struct.pack("<H", port)
+            + bytes([len(name) if name_len is None else name_len]) + name
+            + bytes([len(address) if address_len is None else address_len]) + address
+            + struct.pack(f"<{pages}Q", *range(pages)) + extra)
+
+
+def _copy_frame(body: bytes, count: int = 2) -> bytes:
+    return raw_header(T.COPY_PAGES, count=count, length=len(body)) + body
+
+
+def test_new_requests_and_their_replies() -> None:
+    assert wire.REPLY_TO[T.COPY_PAGES] is T.COPIED
+    assert wire.REPLY_TO[T.COMMIT_PAGES] is T.ACK
+    assert wire.REPLY_TO[T.DROP_VM] is T.ACK
+    assert T.COPIED not in wire.REPLY_TO
+    assert (T.COPY_PAGES, T.COPIED, T.COMMIT_PAGES, T.DROP_VM) == (16, 17, 18, 19)
+
+
+@pytest.mark.parametrize("pages", [[], [0, 2**64 - 1, 7, 7], list(range(wire.MAX_PAGES))])
+@pytest.mark.parametrize(("name", "address"), [("host-d", "10.0.0.4"), ("hôst-d", "fe80::1"),
+                                                ("d" * 255, "a" * 255), ("d", "a")])
+def test_copy_pages_round_trip(pages: list[int], name: str, address: str) -> None:
+    request = wire.CopyRequest(KEY, name, address, 65535, pages)
+    raw = joined(wire.encode_copy_pages(7, VM, request))
+    assert len(raw) == (wire.HEADER_SIZE + 16 + 2 + 2 + len(name.encode()) + len(address)
+                        + 8 * len(pages))
+    header, payload = split(raw)
+    assert (header.type, header.request_id, header.vm, header.count) == (
+        T.COPY_PAGES, 7, VM, len(pages))
+    assert wire.decode_copy_pages(header, payload) == request
+
+
+def test_copy_pages_layout() -> None:
+    raw = joined(wire.encode_copy_pages(
+        1, VM, wire.CopyRequest(KEY, "host-d", "10.0.0.4", 47800, [0, 1])))
+    assert raw[wire.HEADER_SIZE:] == _copy_body()
+
+
+@pytest.mark.parametrize(("missing", "copied"), [([], 0), ([], wire.MAX_PAGES),
+                                                 ([3, 2**64 - 1], 5),
+                                                 (list(range(wire.MAX_PAGES)), 0)])
+def test_copied_round_trip(missing: list[int], copied: int) -> None:
+    header, payload = split(joined(wire.encode_copied(4, VM, copied, missing)))
+    assert (header.type, header.request_id, header.vm, header.count) == (T.COPIED, 4, VM, copied)
+    assert wire.decode_copied(header, payload) == (copied, missing)
+
+
+@pytest.mark.parametrize("pages", [[], [1, 2**64 - 1, 1], list(range(wire.MAX_PAGES))])
+def test_commit_pages_round_trip(pages: list[int]) -> None:
+    raw = joined(wire.encode_commit_pages(5, VM, KEY, pages))
+    assert raw[wire.HEADER_SIZE:wire.HEADER_SIZE + 16] == KEY.bytes
+    header, payload = split(raw)
+    assert (header.type, header.request_id, header.vm, header.count) == (
+        T.COMMIT_PAGES, 5, VM, len(pages))
+    assert wire.decode_commit_pages(header, payload) == (KEY, pages)
+
+
+def test_drop_vm_is_empty() -> None:
+    header, payload = split(joined(wire.encode_empty(T.DROP_VM, 6, KEY)))
+    assert (header.type, header.request_id, header.vm, header.count, header.length) == (
+        T.DROP_VM, 6, KEY, 0, 0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"name": ""}, "host name"),
+    ({"name": "x" * 256}, "host name"),
+    ({"address": ""}, "address"),
+    ({"address": "a" * 256}, "address"),
+    ({"port": -1}, "u16"),
+    ({"port": 65536}, "u16"),
+    ({"pages": [-1]}, "u64"),
+    ({"pages": list(range(wire.MAX_PAGES + 1))}, "more than"),
+])
+def test_encode_copy_pages_rejects(kwargs: dict[str, object], match: str) -> None:
+    fields: dict[str, object] = {"key": KEY, "name": "host-d", "address": "10.0.0.4",
+                                 "port": 1, "pages": [1]}
+    fields.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        wire.encode_copy_pages(1, VM, wire.CopyRequest(**fields))  # type: ignore[arg-type]
+
+
+def test_encode_copied_and_commit_reject() -> None:
+    with pytest.raises(ValueError, match="more than"):
+        wire.encode_copied(1, VM, 1, list(range(wire.MAX_PAGES)))
+    with pytest.raises(ValueError, match="-1 pages copied"):
+        wire.encode_copied(1, VM, -1, [])
+    with pytest.raises(ValueError, match="u64"):
+        wire.encode_copied(1, VM, 0, [2**64])
+    with pytest.raises(ValueError, match="more than"):
+        wire.encode_commit_pages(1, VM, KEY, list(range(wire.MAX_PAGES + 1)))
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    # COPY_PAGES: the fixed 20 bytes, two strings of at least 1 byte, then the list.
+    (raw_header(T.COPY_PAGES, count=0, length=21), "cannot have a 21-byte"),
+    (raw_header(T.COPY_PAGES, count=2, length=20 + 2 + 15), "cannot have"),
+    (raw_header(T.COPY_PAGES, count=0, length=20 + 255 + 255 + 1), "cannot have"),
+    (raw_header(T.COPY_PAGES, count=wire.MAX_PAGES + 1, length=22 + 8 * (wire.MAX_PAGES + 1)),
+     "more than 4096"),
+    # COPIED: whole page numbers, copied + missing at most one request's pages.
+    (raw_header(T.COPIED, count=1, length=7), "cannot have"),
+    (raw_header(T.COPIED, count=1, length=8 * wire.MAX_PAGES), "cannot have"),
+    (raw_header(T.COPIED, count=0, length=8 * (wire.MAX_PAGES + 1)), "cannot have"),
+    (raw_header(T.COPIED, count=wire.MAX_PAGES + 1), "more than 4096"),
+    # COMMIT_PAGES: exactly the key and the list.
+    (raw_header(T.COMMIT_PAGES, count=0, length=0), "cannot have"),
+    (raw_header(T.COMMIT_PAGES, count=1, length=16), "cannot have"),
+    (raw_header(T.COMMIT_PAGES, count=1, length=25), "cannot have"),
+    (raw_header(T.COMMIT_PAGES, count=0, length=8), "cannot have"),
+    (raw_header(T.COMMIT_PAGES, count=wire.MAX_PAGES + 1, length=16 + 8 * (wire.MAX_PAGES + 1)),
+     "more than 4096"),
+    # DROP_VM: nothing at all.
+    (raw_header(T.DROP_VM, count=1), "cannot have"),
+    (raw_header(T.DROP_VM, length=8), "cannot have"),
+])
+def test_malformed_partial_migration_headers(raw: bytes, match: str) -> None:
+    with pytest.raises(FabricProtocolError, match=match):
+        wire.parse_header(raw)
+
+
+@pytest.mark.parametrize("type_", [T.COPY_PAGES, T.COPIED, T.COMMIT_PAGES, T.DROP_VM])
+def test_partial_migration_needs_authentication(type_: wire.MessageType) -> None:
+    with pytest.raises(FabricProtocolError, match="before authentication"):
+        wire.parse_header(raw_header(type_), authenticated=False)
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    (_copy_frame(_copy_body(name=b"", address=b"10.0.0.4x")), "name is empty"),
+    (_copy_frame(_copy_body(address=b"", name=b"host-dx")), "address is empty"),
+    # The name's length runs past the payload (no room for the address length).
+    (_copy_frame(_copy_body(name_len=200)), "overruns"),
+    # Lengths that do not add up: the page list would be too short or too long.
+    # (A wrong name length also moves the byte read as the address's length.)
+    (_copy_frame(_copy_body(name_len=7)), "page list takes -?[0-9]+ bytes, not 16"),
+    (_copy_frame(_copy_body(name_len=5)), "page list takes -?[0-9]+ bytes, not 16"),
+    (_copy_frame(_copy_body(address_len=9)), "page list takes 15 bytes, not 16"),
+    (_copy_frame(_copy_body(address_len=255)), "not 16"),
+    (_copy_frame(_copy_body(address_len=0)), "address is empty"),
+    (_copy_frame(_copy_body(extra=b"\0" * 8)), "takes 24 bytes, not 16"),
+    (_copy_frame(_copy_body(pages=1), count=2), "takes 8 bytes, not 16"),
+    (_copy_frame(_copy_body(pages=3), count=2), "takes 24 bytes, not 16"),
+    (_copy_frame(_copy_body(name=b"\xff\xfe")), "host name is not UTF-8"),
+    (_copy_frame(_copy_body(address=b"10.0.0.\xc3")), "address is not UTF-8"),
+])
+def test_malformed_copy_pages(raw: bytes, match: str) -> None:
+    with pytest.raises(FabricProtocolError, match=match):
+        split(raw)

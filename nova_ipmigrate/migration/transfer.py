@@ -1,0 +1,272 @@
+"""The I/O of a part move, run by the main host's agent: one driver per moving part.
+
+The driver runs the :class:`~nova_ipmigrate.migration.consistency.PartMove`
+state machine: it asks the source sub-host to copy a region of its part
+straight to the destination (fabric ``COPY_PAGES``; the data never passes
+through the main host unless the main host is the destination), drops staged
+copies that went stale, converges, has the destination commit the staged
+pages, and switches ownership in the directory. Every directory step is taken
+under the page table's lock; no lock is held across the network. Any failure
+(destination or link down, operator abort) rolls back: the source stays the
+owner of every page it holds, the destination's staged copies are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nova_ipmigrate.fabric import wire
+from nova_ipmigrate.fabric.client import FabricClient
+from nova_ipmigrate.fabric.errors import FabricError
+from nova_ipmigrate.memfs.pages import PageTable
+from nova_ipmigrate.memfs.protocol import PAGE_SIZE
+from nova_ipmigrate.migration.consistency import MAIN_HOST, PartMove, Phase, Region
+
+LOG = logging.getLogger(__name__)
+
+#: pages per copy request (one fabric request names at most MAX_PAGES)
+REGION_PAGES = wire.MAX_PAGES
+
+
+class Aborted(Exception):
+    """The operator aborted the move."""
+
+
+class TransferFailed(Exception):
+    """A step of the move failed (destination, source or link); the move rolled back."""
+
+
+@dataclass
+class Endpoint:
+    """Where a host's fabric server listens."""
+
+    name: str
+    address: str
+    port: int
+
+
+@dataclass
+class LocalStaging:
+    """The main host's own fabric store, when the main host is the destination."""
+
+    #: (key, pages) -> {page: content} of the staged pages found; removes them
+    take: Callable[[uuid.UUID, Sequence[int]], dict[int, bytes]]
+    drop: Callable[[uuid.UUID, Sequence[int]], object]
+    drop_all: Callable[[uuid.UUID], object]
+
+
+class PartTransfer:
+    """Moves ``source``'s part of one VM to ``dest`` (a holder number, or MAIN_HOST)."""
+
+    def __init__(self, table: PageTable, vm: uuid.UUID, source: int, dest: int,
+                 dest_endpoint: Endpoint, source_client: FabricClient,
+                 dest_client: FabricClient | None, local: LocalStaging | None = None,
+                 region_pages: int = REGION_PAGES, copy_timeout: float = 120.0,
+                 on_done: Callable[[PartTransfer], None] | None = None,
+                 source_name: str = "", dest_name: str = "",
+                 max_rate: float | None = None) -> None:
+        if (dest == MAIN_HOST) != (local is not None) or (dest != MAIN_HOST
+                                                           and dest_client is None):
+            raise ValueError("a move to the main host stages locally, others at a client")
+        self.table = table
+        self.vm = vm
+        self.move = PartMove(table, source, dest)
+        self.dest_endpoint = dest_endpoint
+        self.source_client = source_client
+        self.dest_client = dest_client
+        self.local = local
+        self.region_pages = region_pages
+        self.copy_timeout = copy_timeout
+        self.key = uuid.uuid4()  # the staging key at the destination
+        self.source_name = source_name or source_client.peer_name
+        self.dest_name = dest_name or dest_endpoint.name
+        self.error: str | None = None
+        self._abort = threading.Event()
+        self._on_done = on_done
+        self._thread: threading.Thread | None = None
+        self.finished = threading.Event()
+        #: the destination became a holder of the VM for this move (retired if it fails)
+        self.new_holder = False
+        #: bandwidth cap of the copy (bytes/s, None: line rate)
+        self.max_rate = max_rate
+        self._sent_bytes = 0
+        self._t0 = time.monotonic()
+
+    # -- control ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, daemon=True,
+                                        name=f"move-{self.source_name}-{self.dest_name}")
+        self._thread.start()
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self.finished.wait(timeout)
+
+    @property
+    def phase(self) -> Phase:
+        return self.move.phase
+
+    def progress(self) -> dict[str, object]:
+        with self.table.lock:
+            out = self.move.progress()
+        out.update(source=self.source_name, dest=self.dest_name, fault=self.error)
+        return out
+
+    # -- the move -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        t = self.table
+        with t.lock:
+            self.move.start()
+            t.moves.append(self.move)
+        try:
+            self._copy_all()
+            with t.lock:
+                self.move.converge()
+            self._converge()
+            self._cleanup_after_switch()
+        except Exception as exc:
+            if isinstance(exc, Aborted):
+                self.error = "aborted by request"
+            else:
+                self.error = str(exc) or type(exc).__name__
+                LOG.warning("move of %s's part of %s to %s failed: %s; rolling back",
+                            self.source_name, self.vm, self.dest_name, self.error)
+            self._roll_back()
+        finally:
+            with t.lock:
+                if self.move in t.moves:
+                    t.moves.remove(self.move)
+            self.finished.set()
+            if self._on_done is not None:
+                self._on_done(self)
+
+    def _check(self) -> None:
+        if self._abort.is_set():
+            raise Aborted()
+
+    def _copy_all(self) -> None:
+        while True:
+            self._check()
+            self._flush_invalidations()
+            with self.table.lock:
+                region = self.move.next_region(self.region_pages)
+            if region is None:
+                return
+            self._copy(region)
+
+    def _converge(self) -> None:
+        t = self.table
+        while True:
+            self._check()
+            self._flush_invalidations()
+            with t.lock:
+                region = self.move.next_region(self.region_pages)
+            if region is not None:
+                self._copy(region)
+                continue
+            if self.move.dest == MAIN_HOST:
+                with t.lock:
+                    if not self.move.finish_local():
+                        return
+                continue
+            with t.lock:
+                commit = self.move.commit_set()
+            if commit:
+                assert self.dest_client is not None
+                try:
+                    self.dest_client.commit_pages(self.vm, self.key, commit)
+                except FabricError as exc:
+                    # It may have been applied (a lost reply): abort drops them as orphans.
+                    with t.lock:
+                        self.move.committed(commit)
+                    raise TransferFailed(f"commit at {self.dest_name} failed: {exc}") from exc
+                with t.lock:
+                    self.move.committed(commit)
+            self._check()
+            with t.lock:
+                left = self.move.switch()
+            if not left:
+                return
+
+    def _copy(self, region: Region) -> None:
+        ep = self.dest_endpoint
+        try:
+            _copied, missing = self.source_client.copy_pages(
+                self.vm, self.key, ep.name, ep.address, ep.port, region.pages,
+                timeout=self.copy_timeout)
+        except FabricError as exc:
+            with self.table.lock:
+                self.move.region_failed(region)
+            raise TransferFailed(
+                f"copy of {len(region.pages)} page(s) from {self.source_name} to "
+                f"{self.dest_name} failed: {exc}") from exc
+        staged = None
+        if self.local is not None:
+            staged = self.local.take(self.key, [p for p in region.pages
+                                                if p not in set(missing)])
+        with self.table.lock:
+            self.move.region_done(region, missing, staged)
+        self._sent_bytes += (len(region.pages) - len(missing)) * PAGE_SIZE
+        if self.max_rate:
+            # Keep the average under the cap; an abort request ends the wait.
+            ahead = self._sent_bytes / self.max_rate - (time.monotonic() - self._t0)
+            if ahead > 0:
+                self._abort.wait(ahead)
+
+    def _flush_invalidations(self) -> None:
+        with self.table.lock:
+            stale = self.move.take_invalidations()
+        if not stale:
+            return
+        if self.local is not None:
+            self.local.drop(self.key, stale)
+            return
+        assert self.dest_client is not None
+        try:
+            self.dest_client.drop_pages(self.key, stale)
+        except FabricError as exc:
+            raise TransferFailed(f"invalidation at {self.dest_name} failed: {exc}") from exc
+
+    def _cleanup_after_switch(self) -> None:
+        """The destination owns the part: empty the source, drop what is left staged."""
+        try:
+            self.source_client.drop_vm(self.vm)
+        except FabricError as exc:
+            LOG.warning("emptying %s of %s after the move failed: %s (its copies are "
+                        "orphans, never read)", self.source_name, self.vm, exc)
+        self._drop_staging()
+
+    def _drop_staging(self) -> None:
+        if self.local is not None:
+            self.local.drop_all(self.key)
+            return
+        assert self.dest_client is not None
+        try:
+            self.dest_client.drop_vm(self.key)
+        except FabricError as exc:
+            LOG.info("dropping staged copies at %s: %s", self.dest_name, exc)
+
+    def _roll_back(self) -> None:
+        with self.table.lock:
+            if self.move.phase is Phase.SWITCHED:
+                return
+            self.move.abort()
+        self._drop_staging()
+
+
+def wait_all(transfers: Sequence[PartTransfer], timeout: float | None = None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for tr in transfers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not tr.join(left):
+            return False
+    return True
