@@ -158,11 +158,36 @@ class Agent:
             raise ControlError("'resident_limit' must be an integer >= 4096 (bytes)")
         path = _str_arg(req, "path")
         ram = self.memfs.find(path)
+        stored = 0
         if ram.remote is None:
             self._set_remote(req)
+        else:
+            stored = self._resplit(path, ram, req)
         resident = ram.table.resident if ram.table is not None else 0
         self.memfs.set_resident_limit(path, limit)
-        return {"ok": True, "pages_to_move": max(0, resident - limit // PAGE)}
+        return {"ok": True, "pages_to_move": max(0, resident - limit // PAGE) + stored}
+
+    def _resplit(self, path: str, ram: Any, req: dict[str, Any]) -> int:
+        """Split a VM again that was reintegrated (or lost its sub-hosts): the given
+        sub-hosts become its holders, and its pages in the local store leave for them."""
+        backend, table = ram.remote, ram.table
+        if not isinstance(backend, FabricRemotePaging) or table is None:
+            raise ControlError(f"{path} cannot be split again", errno.EBUSY)
+        if any(op["path"] == path and op["state"] == "running"
+               for op in self.operations.all()):
+            raise ControlError(f"{path} is busy with an operation", errno.EBUSY)
+        raw = req.get("sub_hosts")
+        if not isinstance(raw, list) or not raw:
+            raise ControlError("'sub_hosts' must be a non-empty list of {name, address, port}")
+        try:
+            subs = [SubHost(str(s["name"]), str(s["address"]), int(s["port"])) for s in raw]
+            holders = [backend.add_sub_host(s) for s in subs]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControlError(f"bad sub-host entry: {exc}") from exc
+        with table.lock:
+            table.closed_holders.difference_update(holders)
+            table.push_enabled = True
+        return table.queue_push_all()
 
     def _page_map(self, req: dict[str, Any]) -> dict[str, Any]:
         ram = self.memfs.find(_str_arg(req, "path"))

@@ -1,11 +1,16 @@
 """``ipmigrate-demo``: the on-one-machine lab demo.
 
-For now (one host): boots the oracle guest with its RAM on memfs under a
+One host: boots the oracle guest with its RAM on memfs under a
 resident limit small enough to force continuous paging, forces a memory-cgroup
 reclaim mid-run, and prints page-in/page-out rates, page-in latency, QEMU's RSS
 of the RAM mapping and the oracle's verdict. It then runs the same guest
 without a limit (guest progress without paging), and with ``--compare-readahead``
 the readahead/THP variants, side by side.
+
+Several hosts (``--hosts N``): a split-memory instance across lab hosts, and with
+``--scenario`` the IPmigrate operations on it while it runs (partial migration of
+a sub-host, abort, killed destination, host drain, reintegration), each with a
+progress bar, then the oracle's verdict and the memory maps.
 """
 
 from __future__ import annotations
@@ -39,14 +44,31 @@ def _run(title: str, params: SingleHostParams, quiet: bool) -> RunResult:
 
 
 def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
-    from nova_ipmigrate.lab.multihost import SplitParams, run_split
+    from nova_ipmigrate.lab.multihost import ScenarioError, SplitParams, run_split
+    from nova_ipmigrate.lab.scenario import SCENARIOS
+    body = SCENARIOS[args.scenario] if args.scenario else None
+    hosts_n = args.hosts
+    subs = args.sub_hosts
+    if body is not None:
+        hosts_n = max(hosts_n, 4)
+        subs = subs or 2
     params = SplitParams(**{**base.__dict__, "workdir": base.workdir / "split"},
-                         hosts=args.hosts, link=args.link, split_after_s=args.split_after)
+                         hosts=hosts_n, link=args.link, split_after_s=args.split_after,
+                         sub_hosts=subs, scenario=body, scenario_after_s=5.0)
     how = (f"split {args.split_after:.0f}s after the oracle filled its memory"
            if args.split_after is not None else "booted split")
-    print(f"\n== split-memory instance: main host h1 + {args.hosts - 1} sub-host(s), "
-          f"resident limit {args.limit_pct}%, {how}", flush=True)
-    result, hosts = run_split(params, on_sample=None if args.quiet else _print_sample)
+    nsubs = subs or hosts_n - 1
+    print(f"\n== split-memory instance: main host h1 + {nsubs} sub-host(s) of {hosts_n} "
+          f"hosts, resident limit {args.limit_pct}%, {how}"
+          + (f", scenario {args.scenario}" if body else ""), flush=True)
+    # While operations run, per-second samples would interleave with their progress bars.
+    quiet = args.quiet or body is not None
+    try:
+        result, hosts = run_split(params, on_sample=None if quiet else _print_sample)
+    except ScenarioError as exc:
+        print(exc.result.summary())
+        print(f"ipmigrate-demo: scenario {args.scenario} failed: {exc.cause}", file=sys.stderr)
+        return 1
     print(result.summary())
     print("pages by host: " + ", ".join(f"{h} {n}" for h, n in hosts["pages_by_host"].items()))
     print(hosts["memory_view"])
@@ -65,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-file", action="append", default=[],
                     help="nova-ipmigrate configuration file(s)")
-    ap.add_argument("--ram-mb", type=int, default=256, help="guest RAM (MiB)")
+    ap.add_argument("--ram-mb", type=int, default=None,
+                    help="guest RAM (MiB; default 256, 512 with --scenario)")
     ap.add_argument("--limit-pct", type=int, default=25,
                     help="resident limit, percent of guest RAM (default 25)")
     ap.add_argument("--seconds", type=int, default=60,
@@ -92,6 +115,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--split-after", type=float, default=None,
                     help="with --hosts: boot a normal VM and split it (split migration) "
                          "this many seconds after the oracle filled its memory")
+    ap.add_argument("--sub-hosts", type=int, default=None, metavar="N",
+                    help="with --hosts: sub-hosts the VM starts with (h2..); the other "
+                         "hosts are spares, destinations of part moves")
+    ap.add_argument("--scenario", default=None,
+                    choices=["sub-host-moves", "drain-reintegrate", "full"],
+                    help="run operations while the guest runs (needs 4 hosts: VM on h1, "
+                         "split over h2 and h3, h4 spare): sub-host-moves = partial "
+                         "migration h2->h4, an abort and a killed destination; "
+                         "drain-reintegrate = drain h3, reintegrate onto h1; full = both, "
+                         "with a memory map after each stage")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where logs and sockets go (default: <state_path>/lab/demo)")
     ap.add_argument("--json", type=Path, default=None, help="write all results as JSON here")
@@ -108,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.limit_pct <= 100:
         print("ipmigrate-demo: --limit-pct must be in 1..100", file=sys.stderr)
         return 2
+    if args.ram_mb is None:
+        args.ram_mb = 512 if args.scenario else 256
     if args.ram_mb < 128 or args.seconds < 1:
         print("ipmigrate-demo: --ram-mb must be >= 128 and --seconds >= 1", file=sys.stderr)
         return 2
@@ -123,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         accel=CONF.guest.accel, kernel_package=CONF.guest.kernel_package,
         qemu_binary=CONF.guest.qemu_binary)
     runs: dict[str, RunResult] = {}
-    if args.hosts >= 2:
+    if args.hosts >= 2 or args.scenario:
         return _split_demo(args, base)
     runs["paged"] = _run(f"guest RAM on memfs, resident limit {args.limit_pct}%", base,
                          args.quiet)

@@ -4,6 +4,8 @@
   ipmigrate-lab down                          remove everything, also after a crash
   ipmigrate-lab status [--json]               what exists: hosts, addresses, links, processes
   ipmigrate-lab exec HOST -- CMD...           run CMD inside host HOST (h1, 1 or <prefix>-h1)
+  ipmigrate-lab boot --hosts 4 --scenario full  a split VM and every part move on it, with
+                                              progress bars and memory maps (own lab)
 
 Options come from the [lab] group (state_dir, prefix, subnet, default_link).
 Exit status: 0 done, 1 the lab operation failed (or down left something
@@ -55,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
     p_boot.add_argument("--split-after", type=float, default=None, metavar="S",
                         help="boot a normal VM, split it S seconds after the oracle filled "
                              "its memory (split migration)")
+    p_boot.add_argument("--sub-hosts", type=int, default=None, metavar="N",
+                        help="sub-hosts the VM starts with; the other hosts are spares")
+    p_boot.add_argument("--scenario", default=None,
+                        choices=["sub-host-moves", "drain-reintegrate", "full"],
+                        help="run part moves while the guest runs, with progress bars "
+                             "(see ipmigrate-demo --help; needs 4 hosts)")
     p_exec = sub.add_parser("exec", help="run a command inside a host")
     p_exec.add_argument("host", help="h1, 1 or <prefix>-h1")
     p_exec.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
@@ -76,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["--link", args.link] if args.link else []
         if args.split_after is not None:
             extra += ["--split-after", str(args.split_after)]
+        if args.sub_hosts is not None:
+            extra += ["--sub-hosts", str(args.sub_hosts)]
+        if args.scenario is not None:
+            extra += ["--scenario", args.scenario]
         return demo.main([*conf_args, "--hosts", str(args.hosts), "--ram-mb", str(args.ram_mb),
                           "--limit-pct", str(args.limit_pct), "--seconds", str(args.seconds),
                           *extra])

@@ -11,11 +11,14 @@ is torn down again, also on failure (the lab's ``down`` also after a crash).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.fabric import auth
@@ -37,6 +40,17 @@ from nova_ipmigrate.qemu.runner import QemuConfig, QemuProcess
 from nova_ipmigrate.qemu.shim import ensure_nohuge_shim
 
 FABRIC_PORT = 47800
+LOG = logging.getLogger(__name__)
+
+
+class ScenarioError(Exception):
+    """The scenario failed; the guest's run result comes with it."""
+
+    def __init__(self, result: RunResult, extra: dict[str, Any], cause: BaseException) -> None:
+        super().__init__(f"scenario failed: {cause!r}; guest: {result.verdict}")
+        self.result = result
+        self.extra = extra
+        self.cause = cause
 
 
 @dataclass
@@ -53,6 +67,25 @@ class SplitParams(SingleHostParams):
     #: kill the last sub-host's agent (SIGKILL) this many seconds after the fill
     kill_sub_host_after_s: float | None = None
     fetch_timeout: float = 30.0
+    #: sub-hosts the VM starts with (h2..); the other hosts are spares (None: all)
+    sub_hosts: int | None = None
+    #: operations to run while the guest runs (``lab.scenario``): started in a
+    #: thread this many seconds after the oracle filled its memory
+    scenario: Callable[[LabContext], dict[str, Any]] | None = None
+    scenario_after_s: float = 5.0
+
+
+@dataclass
+class LabContext:
+    """What a scenario sees of a running split VM in the lab."""
+
+    agents: dict[str, AgentDaemon]   # by lab host name (h1, h2, ...)
+    main: AgentDaemon
+    vm: str
+    path: str
+    workdir: Path
+    #: False once the guest stopped (a scenario should not start new operations then)
+    running: Callable[[], bool]
 
 
 def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
@@ -84,7 +117,11 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
             d.start()
             stack.callback(d.stop)
             agents.append(d)
-        main, subs = agents[0], agents[1:]
+        main = agents[0]
+        nsubs = p.hosts - 1 if p.sub_hosts is None else p.sub_hosts
+        if not 1 <= nsubs <= p.hosts - 1:
+            raise ValueError(f"sub_hosts must be 1..{p.hosts - 1}")
+        subs = agents[1:1 + nsubs]
         vm = uuid.uuid4()
 
         def split() -> dict[str, Any]:
@@ -117,15 +154,45 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
             qemu_binary=p.qemu_binary, wrapper=hosts[0].enter_command([])))
         qemu.start()
         stack.callback(qemu.stop)
+        scenario: dict[str, Any] = {}
+        thread: threading.Thread | None = None
+        if p.scenario is not None:
+            ctx = LabContext({h.name: a for h, a in zip(hosts, agents, strict=True)}, main,
+                             str(vm), RAM_PATH, p.workdir, qemu.alive)
+            body = p.scenario
+
+            def run_scenario() -> None:
+                try:
+                    scenario["result"] = body(ctx)
+                except BaseException as exc:  # reported after the run, with the guest's
+                    scenario["error"] = exc
+                    LOG.exception("scenario failed")
+
+            def start_scenario() -> dict[str, Any]:
+                nonlocal thread
+                thread = threading.Thread(target=run_scenario, name="lab-scenario",
+                                          daemon=True)
+                thread.start()
+                return {"started": True}
+            actions.append((p.scenario_after_s, "scenario", start_scenario))
         result = _monitor(p, main, qemu, memcg, OracleMonitor(serial), on_sample, actions)
+        if thread is not None:
+            thread.join(300)
+            if thread.is_alive():
+                scenario["error"] = TimeoutError("the scenario outlived the guest by 300 s")
         per_host = {d.host: d.call("agent_stats") for d in agents if d.alive()}
         per_host_pages = {
             h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}
         per_host_pages[main.host] = result.memfs["files"][RAM_PATH]["resident"]
         view = memview.render(main.call("page_map", path=RAM_PATH), p.workdir)
-        return result, {"vm": str(vm), "pages_by_host": per_host_pages,
-                        "fabric": {h: s["fabric"] for h, s in per_host.items()},
-                        "memory_view": view,
-                        "memory_map": [str(p.workdir / "memory-map.svg"),
-                                       str(p.workdir / "memory-map.png")]}
+        extra = {"vm": str(vm), "pages_by_host": per_host_pages,
+                 "fabric": {h: s["fabric"] for h, s in per_host.items()},
+                 "memory_view": view,
+                 "memory_map": [str(p.workdir / "memory-map.svg"),
+                                str(p.workdir / "memory-map.png")]}
+        if "error" in scenario:
+            raise ScenarioError(result, extra, scenario["error"])
+        if "result" in scenario:
+            extra["scenario"] = scenario["result"]
+        return result, extra
     raise AssertionError("unreachable")
