@@ -54,6 +54,8 @@ class AgentConfig:
     advertise_address: str | None = None
     #: seconds one region copy of a part move may take
     copy_timeout: float = 120.0
+    #: region copies of one part move in flight at once
+    regions_in_flight: int = 2
 
 
 class Agent:
@@ -82,7 +84,7 @@ class Agent:
             config.host_name, Endpoint(config.host_name, self.advertise_address,
                                        config.fabric_port),
             LocalStaging(self._take_staged, self.substore.drop_pages, self.substore.drop_vm),
-            copy_timeout=config.copy_timeout)
+            copy_timeout=config.copy_timeout, regions_in_flight=config.regions_in_flight)
 
     @property
     def advertise_address(self) -> str:
@@ -193,9 +195,15 @@ class Agent:
         ram = self.memfs.find(_str_arg(req, "path"))
         if ram.table is None:
             raise ControlError("the RAM file has no size yet")
+        pmap = ram.table.page_map()
+        remote = ram.remote
+        active = remote.active_holders() if isinstance(remote, FabricRemotePaging) else {}
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+        # Holders of the VM now, and former ones only while they still hold pages.
         holders = {str(i + 1): s.name for i, s in
-                   enumerate(getattr(ram.remote, "sub_hosts", []))}
-        return {"ok": True, "host": self.config.host_name, "map": ram.table.page_map(),
+                   enumerate(getattr(remote, "sub_hosts", []))
+                   if i + 1 in active or digits[min(i + 1, 35)] in pmap}
+        return {"ok": True, "host": self.config.host_name, "map": pmap,
                 "holders": holders, "stats": ram.stats()}
 
     def _agent_stats(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +254,7 @@ class Agent:
         try:
             op = self.operations.partial_migration(
                 path, ram, source, dest, str(req.get("strategy", "ipmigrate")),
-                max_rate=cap * 2**20 if cap else None)
+                max_rate=cap * 2**20 if cap else None, request_id=_request_id(req))
         except OperationError as exc:
             raise ControlError(str(exc), exc.errno) from exc
         except (FabricError, ValueError) as exc:
@@ -264,7 +272,8 @@ class Agent:
                                f"target for now", errno.EOPNOTSUPP)
         try:
             op = self.operations.reintegration(path, ram,
-                                               str(req.get("strategy", "ipmigrate")))
+                                               str(req.get("strategy", "ipmigrate")),
+                                               request_id=_request_id(req))
         except OperationError as exc:
             raise ControlError(str(exc), exc.errno) from exc
         except (FabricError, ValueError) as exc:
@@ -307,3 +316,12 @@ def _endpoint(raw: Any) -> Endpoint:
     if not name or not address or not 0 < port < 65536:
         raise ControlError("'dest' needs a name, an address and a port 1-65535")
     return Endpoint(name, address, port)
+
+
+def _request_id(req: dict[str, Any]) -> str | None:
+    rid = req.get("request_id")
+    if rid is None:
+        return None
+    if not isinstance(rid, str) or not 0 < len(rid) <= 64:
+        raise ControlError("'request_id' must be a string of 1-64 characters")
+    return rid

@@ -33,6 +33,9 @@ class SubHostStore:
         self._lock = threading.Lock()
         self._vms: dict[uuid.UUID, dict[int, int]] = {}
         self.gets = self.puts = self.drops = 0
+        # (key, page) -> sequence number of the put that wrote it
+        self._seq = 0
+        self._put_seq: dict[tuple[uuid.UUID, int], int] = {}
 
     def get_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> list[Buffer | None]:
         with self._lock:
@@ -53,6 +56,8 @@ class SubHostStore:
                 held[p] = slot
             for p, d in zip(pages, data, strict=True):
                 self.store.slot(held[p])[:] = d
+                self._seq += 1
+                self._put_seq[(vm, p)] = self._seq
             self.puts += len(pages)
 
     def drop_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> None:
@@ -92,9 +97,15 @@ class SubHostStore:
             moved = 0
             for p in dict.fromkeys(pages):
                 old = held.get(p)
+                staged_at = self._put_seq.pop((key, p), 0)
+                if old is not None and self._put_seq.get((vm, p), 0) > staged_at:
+                    # Paged out here after the copy was staged: that copy is newer.
+                    self.store.release(staged.pop(p))
+                    continue
                 if old is not None:
                     self.store.release(old)  # the staged copy is the newer one
                 held[p] = staged.pop(p)
+                self._put_seq[(vm, p)] = staged_at
                 moved += 1
             if not staged:
                 del self._vms[key]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nova_ipmigrate.bench import fabric
+from nova_ipmigrate.bench import fabric, migration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=fabric.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     fabric.add_arguments(fabric_parser)
     fabric_parser.set_defaults(run=fabric.main)
+    migration_parser = benchmarks.add_parser(
+        "migration", help="B2/B3/B6: partial migration and reintegration of a split VM "
+        "vs the link's limit and vs naive; guest progress meanwhile (lab, root)",
+        description=migration.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    migration.add_arguments(migration_parser)
+    migration_parser.set_defaults(run=migration.main)
     return parser
 
 

@@ -70,6 +70,9 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
         print(f"ipmigrate-demo: scenario {args.scenario} failed: {exc.cause}", file=sys.stderr)
         return 1
     print(result.summary())
+    if "scenario" in hosts:
+        from nova_ipmigrate.lab.scenario import report
+        print(report(hosts["scenario"]))
     print("pages by host: " + ", ".join(f"{h} {n}" for h, n in hosts["pages_by_host"].items()))
     print(hosts["memory_view"])
     print("memory map: " + ", ".join(hosts["memory_map"]))

@@ -27,6 +27,15 @@ MIGRATION_OPTS: list[cfg.Opt] = [
         "the destination may take before the move fails and rolls back. At 1 Gbit/s a "
         "region takes about 0.15 s.",
     ),
+    cfg.IntOpt(
+        "regions_in_flight",
+        default=2,
+        min=1,
+        max=16,
+        help="Region copies of one part move in flight at once. Two keep the link busy "
+        "across region boundaries; more only add memory (16 MiB per region at the "
+        "source).",
+    ),
 ]
 
 

@@ -41,7 +41,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.interval = interval
-        self._last = 0.0
+        self._last = float("-inf")
 
     def update(self, op: dict[str, Any]) -> None:
         line = format_progress(op)

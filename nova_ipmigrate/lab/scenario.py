@@ -232,3 +232,25 @@ SCENARIOS: dict[str, Callable[[LabContext], dict[str, Any]]] = {
     "drain-reintegrate": drain_and_reintegrate,
     "full": full,
 }
+
+
+def report(result: dict[str, Any]) -> str:
+    """One line per operation a scenario ran (its result dict, walked recursively)."""
+    lines: list[str] = []
+
+    def walk(name: str, node: Any) -> None:
+        if isinstance(node, dict) and "kind" in node and "progress" in node:
+            pr = node["progress"]
+            lines.append(
+                f"  {name:42s} {node['state']:8s} {pr['elapsed_s']:6.2f}s "
+                f"{pr['bytes_total'] / 2**20:7.1f} MiB  re-sent {pr['resent']:6d}  "
+                f"invalidated {pr['invalidated']:6d}  orphans {pr['orphans']:4d}")
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{name}.{k}" if name else k, v)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(f"{name}[{i}]", v)
+
+    walk("", result)
+    return "\n".join(["operations:", *lines]) if lines else "operations: none"

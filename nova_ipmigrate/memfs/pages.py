@@ -350,29 +350,41 @@ class PageTable:
                         self._push_queue.append(p)
                 self.stats.remote_refused += len(pushed)
                 return [p for p, _ in pushed]
+            accepted: set[int] = set()
             for p, stamp in pushed:
                 if self.state[p] == _STORED and self.stamp[p] == stamp:
                     self._release_slot(p)
                     self.holder[p] = holder
                     self._set(p, _REMOTE)
                     self.stats.remote_page_outs += 1
+                    accepted.add(p)
                     for move in self.moves:
                         move.page_arrived(p, holder)
                 else:
                     stale.append(p)
                     self._drop_queue.append((holder, p))
+            if accepted and self._drop_queue:
+                # A drop of (holder, p) still queued was meant for an older copy, which
+                # the put just replaced: sent now, it would delete the current one.
+                self._drop_queue = collections.deque(
+                    (h, q) for h, q in self._drop_queue
+                    if not (h == holder and q in accepted))
             self.stats.remote_stale += len(stale)
         return stale
 
-    def take_drops(self, limit: int = 4096) -> dict[int, list[int]]:
-        """Stale sub-host copies to drop, by holder."""
+    def take_drops(self) -> dict[int, list[int]]:
+        """Stale sub-host copies to drop, by holder: all of them.
+
+        All at once, never some: the pusher sends them before its next push, so
+        a drop queued before a push always reaches its holder before that push
+        (and before any copy of the page staged and committed after it). A
+        drop left behind could delete a newer copy of its page later.
+        """
         out: dict[int, list[int]] = {}
         with self.lock:
-            q = self._drop_queue
-            while q and limit:
-                holder, p = q.popleft()
-                out.setdefault(holder, []).append(p)
-                limit -= 1
+            q, self._drop_queue = self._drop_queue, collections.deque()
+        for holder, p in q:
+            out.setdefault(holder, []).append(p)
         return out
 
     def push_failed(self, pushed: list[tuple[int, int]]) -> None:

@@ -130,7 +130,8 @@ class PartMove:
         self._todo: list[int] = []     # pages of the part in ascending order, not yet taken
         self._cursor = 0
         self._resend: set[int] = set()  # pages to copy (again) after the bulk pass took them
-        self._in_flight: Region | None = None
+        self._in_flight: list[Region] = []
+        self._flying: set[int] = set()   # pages of the regions in flight
         self._invalidate: list[int] = []
         self._committed: set[int] = set()  # committed at the destination, not yet switched
         self._installing = False
@@ -174,18 +175,36 @@ class PartMove:
         return (t.state[page] == _REMOTE and t.holder[page] == self.source
                 and self.sent[page] == t.stamp[page] + 1)
 
+    def bulk_done(self) -> bool:
+        """Every page of the part was taken once: time to converge."""
+        return self._cursor >= len(self._todo)
+
     def take_invalidations(self) -> list[int]:
-        """Staged copies at the destination that are stale: drop them before the next copy."""
-        out, self._invalidate = self._invalidate, []
+        """Staged copies at the destination that are stale: drop them before the next copy.
+
+        A page whose copy is in flight stays queued until that copy has landed
+        (dropped earlier, the copy would arrive after the drop).
+        """
+        if self._flying:
+            out = [p for p in self._invalidate if p not in self._flying]
+            self._invalidate = [p for p in self._invalidate if p in self._flying]
+        else:
+            out, self._invalidate = self._invalidate, []
         self.counters.invalidated += len(out)
         return out
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
     def next_region(self, limit: int) -> Region | None:
-        """The next pages to copy (at most ``limit``), or None when nothing is left to copy."""
+        """The next pages to copy (at most ``limit``), or None when nothing is left to copy.
+
+        Regions in flight at the same time never share a page: a page is copied
+        again only once its previous copy has landed and been judged.
+        """
         if self.phase not in (Phase.COPYING, Phase.CONVERGING):
             raise MoveStateError(f"no copying in phase {self.phase.value}")
-        if self._in_flight is not None:
-            raise MoveStateError("one region at a time")
         t = self.table
         src = self.source
         pages: list[int] = []
@@ -197,8 +216,8 @@ class PartMove:
                 pages.append(p)
         resend = 0
         if len(pages) < limit and self._resend and self._cursor >= len(todo):
-            more = sorted(self._resend)[:limit - len(pages)]
-            for p in more:
+            more = sorted(p for p in self._resend if p not in self._flying)
+            for p in more[:limit - len(pages)]:
                 self._resend.discard(p)
                 if t.state[p] == _REMOTE and t.holder[p] == src and not self._valid(p):
                     pages.append(p)
@@ -207,8 +226,15 @@ class PartMove:
             return None
         pages.sort()
         region = Region(pages, [t.stamp[p] for p in pages], resend)
-        self._in_flight = region
+        self._in_flight.append(region)
+        self._flying.update(pages)
         return region
+
+    def _landed(self, region: Region, what: str) -> None:
+        if not any(r is region for r in self._in_flight):
+            raise MoveStateError(f"{what} of a region that is not in flight")
+        self._in_flight = [r for r in self._in_flight if r is not region]
+        self._flying.difference_update(region.pages)
 
     def region_done(self, region: Region, missing: Sequence[int],
                     staged: dict[int, bytes] | None = None) -> list[int]:
@@ -218,9 +244,7 @@ class PartMove:
         arrived here; valid ones are installed into the local store at once.
         Returns the pages that became current at the destination.
         """
-        if self._in_flight is not region:
-            raise MoveStateError("answer to a region that is not in flight")
-        self._in_flight = None
+        self._landed(region, "answer")
         if self.phase is Phase.ABORTED:
             return []
         t = self.table
@@ -255,9 +279,7 @@ class PartMove:
 
     def region_failed(self, region: Region) -> None:
         """The copy request failed: its pages may or may not be staged; copy them again."""
-        if self._in_flight is not region:
-            raise MoveStateError("failure of a region that is not in flight")
-        self._in_flight = None
+        self._landed(region, "failure")
         for p in region.pages:
             self._invalidate.append(p)
             self._resend.add(p)
@@ -295,6 +317,8 @@ class PartMove:
         """Pages to commit at the destination before the switch: every current copy."""
         if self.phase is not Phase.CONVERGING:
             raise MoveStateError(f"no commit in phase {self.phase.value}")
+        if self._in_flight:
+            raise MoveStateError("no commit while copies are in flight")
         if self.dest == MAIN_HOST:
             return []
         t = self.table
@@ -318,6 +342,8 @@ class PartMove:
         """
         if self.phase is not Phase.CONVERGING:
             raise MoveStateError(f"no switch in phase {self.phase.value}")
+        if self._in_flight:
+            raise MoveStateError("no switch while copies are in flight")
         t = self.table
         src, dst = self.source, self.dest
         c = self.counters
@@ -379,7 +405,9 @@ class PartMove:
         c = self.counters
         elapsed = max(1e-9, time.monotonic() - c.started_at)
         total = c.part_pages + c.resent
-        done = c.switched if self.phase is Phase.SWITCHED else min(c.copied, total)
+        # Done: every page of the part is at the destination, or came back to the
+        # main host through a page-in meanwhile (nothing left to move either way).
+        done = total if self.phase is Phase.SWITCHED else min(c.copied, total)
         rate = c.copied * PAGE_SIZE / elapsed
         left = max(0, total - c.copied)
         return {

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nova_ipmigrate.fabric.errors import FabricError
+from nova_ipmigrate.fabric.errors import FabricError, PagesNotHeldError
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import RamFile
 from nova_ipmigrate.memfs.store import StoreFull
@@ -73,6 +73,9 @@ class Operation:
     error: str | None = None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
+    #: the caller's id for this request (the engine's operation): a request
+    #: repeated with the same id gets this operation back, nothing new starts
+    request_id: str | None = None
     #: for naive strategies: their own progress (no PartTransfer)
     naive: dict[str, Any] = field(default_factory=dict)
     _abort: threading.Event = field(default_factory=threading.Event)
@@ -108,7 +111,8 @@ class Operation:
         left = max(0, total["bytes_total"] - total["bytes_done"])
         total.update(elapsed_s=round(elapsed, 3), rate_bytes_s=round(rate),
                      eta_s=round(left / rate, 1) if rate > 0 and left else 0.0)
-        return {"id": self.id, "kind": self.kind, "vm": self.vm, "path": self.path,
+        return {"id": self.id, "request_id": self.request_id, "kind": self.kind,
+                "vm": self.vm, "path": self.path,
                 "strategy": self.strategy, "source": self.source, "dest": self.dest,
                 "state": self.state.value, "fault": self.error,
                 "started_at": self.started_at, "ended_at": self.ended_at,
@@ -120,11 +124,13 @@ class Operations:
     """The agent's operations on the split VMs whose main host it is."""
 
     def __init__(self, host_name: str, endpoint: Endpoint,
-                 local_staging: LocalStaging, copy_timeout: float = 120.0) -> None:
+                 local_staging: LocalStaging, copy_timeout: float = 120.0,
+                 regions_in_flight: int = 2) -> None:
         self.host_name = host_name
         self.endpoint = endpoint
         self.local = local_staging
         self.copy_timeout = copy_timeout
+        self.regions_in_flight = regions_in_flight
         self._ops: dict[str, Operation] = {}
         self._busy: dict[str, str] = {}   # RAM file path -> running operation id
         self._ids = itertools.count(1)
@@ -149,8 +155,17 @@ class Operations:
         op.abort()
         return op.progress()
 
+    def by_request(self, request_id: str | None) -> Operation | None:
+        """The operation started for ``request_id`` (a repeated request), if any."""
+        if request_id is None:
+            return None
+        for op in self._ops.values():
+            if op.request_id == request_id:
+                return op
+        return None
+
     def _new(self, kind: str, ram: RamFile, path: str, strategy: str, source: str | None,
-             dest: str) -> Operation:
+             dest: str, request_id: str | None = None) -> Operation:
         if strategy not in STRATEGIES:
             raise OperationError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
         with self._lock:
@@ -158,7 +173,7 @@ class Operations:
             if running is not None:
                 raise OperationError(f"{path} is busy with operation {running}", 16)
             op = Operation(f"{self.host_name}-{next(self._ids)}", kind, str(ram.vm), path,
-                           strategy, source, dest)
+                           strategy, source, dest, request_id=request_id)
             self._ops[op.id] = op
             self._busy[path] = op.id
         return op
@@ -172,11 +187,15 @@ class Operations:
 
     def partial_migration(self, path: str, ram: RamFile, source: str, dest: Endpoint,
                           strategy: str = "ipmigrate",
-                          max_rate: float | None = None) -> Operation:
+                          max_rate: float | None = None,
+                          request_id: str | None = None) -> Operation:
         """Move the part ``source`` holds of the VM in ``ram`` to ``dest``.
 
         ``max_rate``: bandwidth cap of the copy in bytes/s (None: as fast as it goes).
         """
+        again = self.by_request(request_id)
+        if again is not None:
+            return again
         if max_rate is not None and max_rate <= 0:
             raise OperationError("the bandwidth cap must be positive")
         backend, _table, _vm = _split_vm(path, ram)
@@ -186,7 +205,8 @@ class Operations:
                                  f"{', '.join(backend.active_holders().values())})", 2)
         if dest.name == source:
             raise OperationError("the destination must differ from the source")
-        op = self._new("partial_migration", ram, path, strategy, source, dest.name)
+        op = self._new("partial_migration", ram, path, strategy, source, dest.name,
+                       request_id)
         try:
             if strategy == "naive":
                 self._start_naive(op, ram, lambda: self._naive_partial(op, ram, src, dest))
@@ -222,21 +242,29 @@ class Operations:
     # -- reintegration ----------------------------------------------------------------------
 
     def reintegration(self, path: str, ram: RamFile, strategy: str = "ipmigrate",
-                      on_start: Callable[[], None] | None = None) -> Operation:
+                      request_id: str | None = None) -> Operation:
         """Every holder sends its part to the main host, all in parallel.
 
         Paging out stops first (every page of the VM stays on this host from
         now on); the local store must have room for every remote page.
         """
+        again = self.by_request(request_id)
+        if again is not None:
+            return again
         backend, table, _vm = _split_vm(path, ram)
         holders = backend.active_holders()
+        if not holders:
+            raise OperationError(f"no sub-host holds a part of {path}: nothing to "
+                                 f"reintegrate")
         counts = table.holders()
         remote = sum(n for h, n in counts.items() if h in holders)
         if remote > table.store.free:
             raise OperationError(
                 f"the local page store has {table.store.free} free slots, {remote} pages "
                 f"are on sub-hosts: raise [memfs] page_store_mb", 28)
-        op = self._new("reintegration", ram, path, strategy, None, self.host_name)
+        op = self._new("reintegration", ram, path, strategy, None, self.host_name, request_id)
+        with table.lock:
+            was_pushing, was_closed = table.push_enabled, set(table.closed_holders)
         try:
             with table.lock:
                 table.push_enabled = False
@@ -247,6 +275,10 @@ class Operations:
             for h in holders:
                 op.transfers.append(self._transfer(op, ram, h, MAIN_HOST, self.endpoint, None))
         except Exception:
+            with table.lock:
+                table.push_enabled = was_pushing
+                table.closed_holders.clear()
+                table.closed_holders.update(was_closed)
             self._release(op)
             del self._ops[op.id]
             raise
@@ -264,7 +296,7 @@ class Operations:
                             copy_timeout=self.copy_timeout,
                             on_done=lambda tr: self._part_done(op, ram, tr),
                             source_name=backend.holder_name(src),
-                            dest_name=ep.name)
+                            dest_name=ep.name, depth=self.regions_in_flight)
 
     def _part_done(self, op: Operation, ram: RamFile, tr: PartTransfer) -> None:
         backend = ram.remote
@@ -305,7 +337,8 @@ class Operations:
                 self._release(op)
         threading.Thread(target=run, daemon=True, name=f"naive-{op.id}").start()
 
-    def _gather(self, op: Operation, ram: RamFile, holders: list[int]) -> None:
+    def _gather(self, op: Operation, ram: RamFile, holders: list[int],
+                retire: bool = True) -> None:
         """Naive reintegration: pull every part through the page-in path, one holder
         after the other."""
         backend, table, vm = _split_vm(op.path, ram)
@@ -319,20 +352,10 @@ class Operations:
             for i in range(0, len(pages), GATHER_BATCH):
                 if op._abort.is_set():
                     raise _NaiveAborted()
-                chunk = pages[i:i + GATHER_BATCH]
-                try:
-                    data = client.get_pages(vm, [p for p, _ in chunk])
-                except FabricError as exc:
-                    # Pages paged in meanwhile are not held there any more: take the rest.
-                    now = dict(table.remote_pages(h))
-                    chunk = [(p, s) for p, s in chunk if now.get(p) == s]
-                    if not chunk:
-                        continue
-                    try:
-                        data = client.get_pages(vm, [p for p, _ in chunk])
-                    except FabricError:
-                        raise RuntimeError(f"gathering from {backend.holder_name(h)}: "
-                                           f"{exc}") from exc
+                chunk, data = _get_held(client, table, vm, h, pages[i:i + GATHER_BATCH],
+                                        backend.holder_name(h))
+                if not chunk:
+                    continue
                 with table.lock:
                     for (p, stamp), d in zip(chunk, data, strict=True):
                         try:
@@ -345,14 +368,14 @@ class Operations:
             # Pages paged out to it before it was closed, and ones that were paged in
             # and out again while we pulled: one more pass each until it is empty.
             for _ in range(8):
-                rest = table.remote_pages(h)
+                rest, data = _get_held(client, table, vm, h, table.remote_pages(h),
+                                       backend.holder_name(h))
                 if not rest:
                     break
-                data = client.get_pages(vm, [p for p, _ in rest])
                 with table.lock:
                     for (p, stamp), d in zip(rest, data, strict=True):
                         table.bring_home(p, d, h, stamp)
-            if not table.remote_pages(h):
+            if retire and not table.remote_pages(h):
                 backend.retire(h)
 
     def _naive_partial(self, op: Operation, ram: RamFile, src: int, dest: Endpoint) -> None:
@@ -364,7 +387,9 @@ class Operations:
         with table.lock:
             table.push_enabled = False
             table.closed_holders.update(holders)
-        self._gather(op, ram, holders)
+        self._gather(op, ram, holders, retire=False)
+        if not table.remote_pages(src):
+            backend.retire(src)
         gathered = int(op.naive["pages_done"])
         # Re-split: every page in the local store goes out again, the source excluded.
         keep = [h for h in holders if h != src]
@@ -393,6 +418,32 @@ class Operations:
 
 class _NaiveAborted(Exception):
     pass
+
+
+#: attempts of a gather request whose pages the guest keeps paging in meanwhile
+GATHER_ATTEMPTS = 32
+
+
+def _get_held(client: Any, table: Any, vm: uuid.UUID, holder: int,
+              chunk: list[tuple[int, int]], name: str
+              ) -> tuple[list[tuple[int, int]], list[Any]]:
+    """The content of the pages of ``chunk`` (page, stamp) the holder still holds.
+
+    The guest pages in from the holder while the gather runs, and a page paged in
+    is not held there any more: such pages are left out (the directory says they
+    came home or moved) and the rest is asked for again."""
+    for _ in range(GATHER_ATTEMPTS):
+        if not chunk:
+            return [], []
+        try:
+            return chunk, client.get_pages(vm, [p for p, _ in chunk])
+        except PagesNotHeldError:
+            now = dict(table.remote_pages(holder))
+            chunk = [(p, s) for p, s in chunk if now.get(p) == s]
+        except FabricError as exc:
+            raise RuntimeError(f"gathering from {name}: {exc}") from exc
+    raise RuntimeError(f"gathering from {name}: {len(chunk)} page(s) the directory places "
+                       f"there are still not held after {GATHER_ATTEMPTS} attempts")
 
 
 def _split_vm(path: str, ram: RamFile) -> tuple[Any, Any, uuid.UUID]:

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 
 from nova_ipmigrate.fabric import wire
@@ -69,7 +70,7 @@ class PartTransfer:
                  region_pages: int = REGION_PAGES, copy_timeout: float = 120.0,
                  on_done: Callable[[PartTransfer], None] | None = None,
                  source_name: str = "", dest_name: str = "",
-                 max_rate: float | None = None) -> None:
+                 max_rate: float | None = None, depth: int = 2) -> None:
         if (dest == MAIN_HOST) != (local is not None) or (dest != MAIN_HOST
                                                            and dest_client is None):
             raise ValueError("a move to the main host stages locally, others at a client")
@@ -92,6 +93,8 @@ class PartTransfer:
         self.finished = threading.Event()
         #: the destination became a holder of the VM for this move (retired if it fails)
         self.new_holder = False
+        #: regions in flight at once (>= 1)
+        self.depth = max(1, depth)
         #: bandwidth cap of the copy (bytes/s, None: line rate)
         self.max_rate = max_rate
         self._sent_bytes = 0
@@ -154,25 +157,14 @@ class PartTransfer:
             raise Aborted()
 
     def _copy_all(self) -> None:
-        while True:
-            self._check()
-            self._flush_invalidations()
-            with self.table.lock:
-                region = self.move.next_region(self.region_pages)
-            if region is None:
-                return
-            self._copy(region)
+        """The bulk pass: every page of the part once (then the move converges)."""
+        self._pipeline(bulk=True)
 
     def _converge(self) -> None:
         t = self.table
         while True:
             self._check()
-            self._flush_invalidations()
-            with t.lock:
-                region = self.move.next_region(self.region_pages)
-            if region is not None:
-                self._copy(region)
-                continue
+            self._pipeline(bulk=False)
             if self.move.dest == MAIN_HOST:
                 with t.lock:
                     if not self.move.finish_local():
@@ -197,12 +189,56 @@ class PartTransfer:
             if not left:
                 return
 
-    def _copy(self, region: Region) -> None:
-        ep = self.dest_endpoint
+    def _pipeline(self, bulk: bool) -> None:
+        """Copy regions until none is left, ``depth`` of them in flight at once.
+
+        Overlapping regions keeps the link busy across region boundaries (the
+        answer, the directory's check and the next request). On any failure
+        the regions still in flight are waited for, so nothing lands at the
+        destination after the move rolled back.
+        """
+        t = self.table
+        flying: dict[futures.Future[tuple[int, list[int]]], Region] = {}
+        pool = futures.ThreadPoolExecutor(max_workers=self.depth,
+                                          thread_name_prefix=f"copy-{self.source_name}")
         try:
-            _copied, missing = self.source_client.copy_pages(
-                self.vm, self.key, ep.name, ep.address, ep.port, region.pages,
-                timeout=self.copy_timeout)
+            while True:
+                self._check()
+                while len(flying) < self.depth:
+                    self._flush_invalidations()
+                    with t.lock:
+                        if bulk and self.move.bulk_done():
+                            region = None
+                        else:
+                            region = self.move.next_region(self.region_pages)
+                    if region is None:
+                        break
+                    flying[pool.submit(self._copy_request, region)] = region
+                if not flying:
+                    return
+                done, _ = futures.wait(flying, return_when=futures.FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: flying[f].pages[0]):
+                    self._landed(flying.pop(fut), fut)
+        except BaseException:
+            for fut, region in flying.items():
+                try:
+                    fut.result(timeout=self.copy_timeout)
+                except Exception:
+                    pass
+                with t.lock:
+                    self.move.region_failed(region)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _copy_request(self, region: Region) -> tuple[int, list[int]]:
+        ep = self.dest_endpoint
+        return self.source_client.copy_pages(self.vm, self.key, ep.name, ep.address, ep.port,
+                                             region.pages, timeout=self.copy_timeout)
+
+    def _landed(self, region: Region, fut: futures.Future[tuple[int, list[int]]]) -> None:
+        try:
+            _copied, missing = fut.result()
         except FabricError as exc:
             with self.table.lock:
                 self.move.region_failed(region)
@@ -211,8 +247,8 @@ class PartTransfer:
                 f"{self.dest_name} failed: {exc}") from exc
         staged = None
         if self.local is not None:
-            staged = self.local.take(self.key, [p for p in region.pages
-                                                if p not in set(missing)])
+            gone = set(missing)
+            staged = self.local.take(self.key, [p for p in region.pages if p not in gone])
         with self.table.lock:
             self.move.region_done(region, missing, staged)
         self._sent_bytes += (len(region.pages) - len(missing)) * PAGE_SIZE
