@@ -25,6 +25,8 @@ from nova_ipmigrate.fabric.errors import (
 from nova_ipmigrate.memfs.store import PageStore
 
 Buffer = bytes | bytearray | memoryview
+#: pages copied per lock hold when a region is copied out
+_COPY_BATCH = 256
 
 
 class SubHostStore:
@@ -74,12 +76,21 @@ class SubHostStore:
             self.drops += len(pages)
 
     def held_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> tuple[list[int], list[bytes]]:
-        """The ones of ``pages`` held for ``vm`` (in order), and copies of their contents."""
-        with self._lock:
-            held = self._vms.get(vm, {})
-            found = [p for p in pages if p in held]
-            # Copies: the slots may be dropped or reused while the pages are sent on.
-            return found, [self.store.slot(held[p]).tobytes() for p in found]
+        """The ones of ``pages`` held for ``vm`` (in order), and copies of their contents.
+
+        Each page is copied under the lock, a batch at a time: a region copy of
+        16 MiB must not hold back the page-ins served from this store meanwhile.
+        """
+        found: list[int] = []
+        data: list[bytes] = []
+        for start in range(0, len(pages), _COPY_BATCH):
+            with self._lock:
+                held = self._vms.get(vm, {})
+                got = [p for p in pages[start:start + _COPY_BATCH] if p in held]
+                # Copies: the slots may be dropped or reused while the pages are sent on.
+                data += [self.store.slot(held[p]).tobytes() for p in got]
+            found += got
+        return found, data
 
     def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
         """Move ``pages`` from the staging ``key`` to ``vm``, all or nothing; how many moved."""

@@ -41,10 +41,19 @@ Rules:
   drop queue, which the pusher sends before any later push (so the drop can
   never delete a newer copy).
 * Staged-copy invalidations and copy requests are issued by one driver thread
-  in order: an invalidation queued before a copy request is sent before it.
+  in order, the invalidations taken together with the next region under one
+  lock (:meth:`PartMove.next_copy`): an invalidation queued before a copy
+  request is sent before it. Regions in flight at once (the driver overlaps
+  two) never share a page, and the invalidation of a page whose copy is in
+  flight waits until that copy has landed.
+* The bulk pass takes every page once; then the move converges (the source
+  closed), so a guest paging out to the source faster than the copy cannot
+  keep the move going for ever.
 * Abort before the switch leaves the source the owner of every page; the
   destination's staged copies are dropped, committed ones too (through the drop
-  queue). Nothing the directory points at is ever touched.
+  queue). Nothing the directory points at is ever touched. (A switch round
+  that left pages at the source, then an abort: the pages already switched
+  stay with the destination, which owns them; nothing is lost.)
 * With the main host as destination, a region's valid pages are installed into
   the local store at once (``STORED``, holder 0): the directory switch is per
   region, and nothing else can change them (they are no longer remote).
@@ -178,6 +187,19 @@ class PartMove:
     def bulk_done(self) -> bool:
         """Every page of the part was taken once: time to converge."""
         return self._cursor >= len(self._todo)
+
+    def next_copy(self, limit: int, bulk: bool) -> tuple[list[int], Region | None]:
+        """Invalidations to send, then the next region to copy: one step, one lock.
+
+        Taken together so that no invalidation can be queued between the two
+        and reach the destination after the copy (it could delete the new
+        staged copy of its page). ``bulk``: no region once every page of the
+        part was taken (the move converges then).
+        """
+        stale = self.take_invalidations()
+        if bulk and self.bulk_done():
+            return stale, None
+        return stale, self.next_region(limit)
 
     def take_invalidations(self) -> list[int]:
         """Staged copies at the destination that are stale: drop them before the next copy.

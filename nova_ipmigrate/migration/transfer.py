@@ -205,12 +205,9 @@ class PartTransfer:
             while True:
                 self._check()
                 while len(flying) < self.depth:
-                    self._flush_invalidations()
                     with t.lock:
-                        if bulk and self.move.bulk_done():
-                            region = None
-                        else:
-                            region = self.move.next_region(self.region_pages)
+                        stale, region = self.move.next_copy(self.region_pages, bulk)
+                    self._send_invalidations(stale)
                     if region is None:
                         break
                     flying[pool.submit(self._copy_request, region)] = region
@@ -258,9 +255,7 @@ class PartTransfer:
             if ahead > 0:
                 self._abort.wait(ahead)
 
-    def _flush_invalidations(self) -> None:
-        with self.table.lock:
-            stale = self.move.take_invalidations()
+    def _send_invalidations(self, stale: list[int]) -> None:
         if not stale:
             return
         if self.local is not None:
