@@ -39,11 +39,25 @@ apt_install() {
     if ! apt_lists_present; then
         apt_update
     fi
+    # No package's service is started on install (rabbitmq-server, epmd: the tests
+    # run private instances): a policy-rc.d that denies, unless one is in place.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# setup-env.sh: start no service during apt-get install\nexit 101\n' \
+            >"$policy"
+        chmod 0755 "$policy"
+        own_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     log "apt-get install $*"
     if ! apt-get install -y -qq "$@"; then
         [[ $APT_UPDATED -eq 0 ]] || die "apt-get install $* failed"
         apt_update
         apt-get install -y -qq "$@"
+    fi
+    if [[ $own_policy -eq 1 ]]; then
+        rm -f "$policy"
+        trap - EXIT
     fi
 }
 

@@ -56,6 +56,8 @@ class AgentConfig:
     copy_timeout: float = 120.0
     #: region copies of one part move in flight at once
     regions_in_flight: int = 2
+    #: transfer strategy of a request that names none (a transfer_strategy plugin)
+    default_strategy: str = "ipmigrate"
 
 
 class Agent:
@@ -84,7 +86,8 @@ class Agent:
             config.host_name, Endpoint(config.host_name, self.advertise_address,
                                        config.fabric_port),
             LocalStaging(self._take_staged, self.substore.drop_pages, self.substore.drop_vm),
-            copy_timeout=config.copy_timeout, regions_in_flight=config.regions_in_flight)
+            copy_timeout=config.copy_timeout, regions_in_flight=config.regions_in_flight,
+            default_strategy=config.default_strategy)
 
     @property
     def advertise_address(self) -> str:
@@ -253,7 +256,7 @@ class Agent:
             raise ControlError("'max_rate_mb_s' must be a positive number (MiB/s)")
         try:
             op = self.operations.partial_migration(
-                path, ram, source, dest, str(req.get("strategy", "ipmigrate")),
+                path, ram, source, dest, _strategy_arg(req),
                 max_rate=cap * 2**20 if cap else None, request_id=_request_id(req))
         except OperationError as exc:
             raise ControlError(str(exc), exc.errno) from exc
@@ -272,7 +275,7 @@ class Agent:
                                f"target for now", errno.EOPNOTSUPP)
         try:
             op = self.operations.reintegration(path, ram,
-                                               str(req.get("strategy", "ipmigrate")),
+                                               _strategy_arg(req),
                                                request_id=_request_id(req))
         except OperationError as exc:
             raise ControlError(str(exc), exc.errno) from exc
@@ -316,6 +319,12 @@ def _endpoint(raw: Any) -> Endpoint:
     if not name or not address or not 0 < port < 65536:
         raise ControlError("'dest' needs a name, an address and a port 1-65535")
     return Endpoint(name, address, port)
+
+
+def _strategy_arg(req: dict[str, Any]) -> str | None:
+    """The request's transfer strategy (None: the agent's default_strategy)."""
+    value = req.get("strategy")
+    return None if value is None or value == "" else str(value)
 
 
 def _request_id(req: dict[str, Any]) -> str | None:

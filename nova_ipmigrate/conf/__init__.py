@@ -6,7 +6,7 @@ options as ``nova_ipmigrate.conf.CONF.memfs.mountpoint``.
 
 from oslo_config import cfg
 
-from nova_ipmigrate.conf import agent, fabric, guest, lab, memfs, migration, paths
+from nova_ipmigrate.conf import agent, engine, fabric, guest, lab, memfs, migration, paths
 
 CONF = cfg.CONF
 
@@ -17,3 +17,4 @@ fabric.register_opts(CONF)
 lab.register_opts(CONF)
 agent.register_opts(CONF)
 migration.register_opts(CONF)
+engine.register_opts(CONF)

@@ -47,6 +47,22 @@ AGENT_OPTS: list[cfg.Opt] = [
         help="Seconds a page-in waits for an unreachable sub-host before it fails and the "
         "instance is reported broken (it is never served other data).",
     ),
+    cfg.FloatOpt(
+        "rpc_timeout",
+        default=None,
+        min=1.0,
+        help="Seconds an RPC call to an agent (over [DEFAULT] transport_url) waits for "
+        "the reply before it fails with MessagingTimeout. Unset: [DEFAULT] "
+        "rpc_response_timeout. An op_status call that waits for the operation adds its "
+        "wait to this.",
+    ),
+    cfg.StrOpt(
+        "rpc_version_cap",
+        default=None,
+        help="Highest version of the agent RPC API that callers send (e.g. 1.0), for "
+        "rolling upgrades: pin it to what the oldest agent understands until every agent "
+        "is upgraded. Unset: the newest version the caller knows.",
+    ),
 ]
 
 

@@ -59,11 +59,12 @@ MEMFS_OPTS: list[cfg.Opt] = [
     cfg.StrOpt(
         "victim_policy",
         default="recency",
-        choices=[("recency", "least recently paged-in first; pages that fault back soon "
-                  "after a page-out get a second chance"),
-                 ("random", "random resident pages (for comparison only)")],
         help="How the evictor chooses the pages to page out when a RAM file is over its "
-        "resident limit.",
+        "resident limit: the name of a plugin in the nova_ipmigrate.victim_policy "
+        "entry-point namespace, checked when the daemon starts. Built-in: 'recency' "
+        "(least recently paged-in first; pages that fault back soon after a page-out "
+        "get a second chance) and 'random' (random resident pages, for comparison "
+        "only).",
     ),
     cfg.IntOpt(
         "page_store_mb",

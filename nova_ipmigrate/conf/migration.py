@@ -36,6 +36,15 @@ MIGRATION_OPTS: list[cfg.Opt] = [
         "across region boundaries; more only add memory (16 MiB per region at the "
         "source).",
     ),
+    cfg.StrOpt(
+        "default_strategy",
+        default="ipmigrate",
+        help="Transfer strategy of a partial migration or reintegration whose request "
+        "names none: the name of a plugin in the nova_ipmigrate.transfer_strategy "
+        "entry-point namespace. Built-in: 'ipmigrate' (each part straight from its "
+        "holder to the destination, in parallel) and 'naive' (the baselines, through "
+        "the main host; for comparison only).",
+    ),
 ]
 
 

@@ -62,6 +62,8 @@ class MemfsDaemon:
         self.prefix = prefix or []
         self.options = {"mountpoint": str(self.mountpoint),
                         "control_socket": str(self.socket), **(options or {})}
+        #: more [DEFAULT] options (e.g. transport_url)
+        self.default_options: dict[str, Any] = {}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def sections(self) -> dict[str, dict[str, Any]]:
@@ -69,6 +71,7 @@ class MemfsDaemon:
 
     def write_config(self) -> Path:
         lines = ["[DEFAULT]", f"state_path = {self.workdir}", f"log_file = {self.log}"]
+        lines += [f"{k} = {v}" for k, v in self.default_options.items()]
         for section, opts in self.sections().items():
             lines.append(f"[{section}]")
             lines += [f"{k} = {v}" for k, v in opts.items()]
@@ -160,8 +163,10 @@ class AgentDaemon(MemfsDaemon):
     def __init__(self, workdir: Path, host: str, key_file: Path, fabric_port: int,
                  fabric_address: str = "127.0.0.1", memfs: dict[str, Any] | None = None,
                  agent: dict[str, Any] | None = None,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None,
+                 defaults: dict[str, Any] | None = None) -> None:
         super().__init__(workdir, memfs, prefix)
+        self.default_options.update(defaults or {})
         self.options.pop("control_socket")
         self.host = host
         self.address = fabric_address

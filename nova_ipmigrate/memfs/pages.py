@@ -55,7 +55,8 @@ F_READ_IN_WINDOW = 2  # paged in while its window was open: stays resident
 #: Victim selection. memfs cannot see accesses to resident pages, so "recency"
 #: approximates them: least recently paged-in first, and a page that faults
 #: back in soon after being paged out (within a limit's worth of page-outs) is
-#: hot and gets one second chance. "random" exists to compare against.
+#: hot and gets one second chance. "random" exists to compare against. These are
+#: the algorithms; [memfs] victim_policy names a plugin (memfs.victim) that runs one.
 VICTIM_POLICIES = ("recency", "random")
 
 

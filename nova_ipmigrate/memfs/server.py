@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.memfs import mount as mnt
-from nova_ipmigrate.memfs import watchdog
+from nova_ipmigrate.memfs import victim, watchdog
 from nova_ipmigrate.memfs.pager import Pager, PagerConfig
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import RamFile
@@ -71,6 +71,9 @@ class MemFS:
         if config.reader_threads < 2:
             raise ValueError("memfs needs at least 2 reader threads (launders need a free one)")
         self.config = config
+        #: the page-table algorithm of the [memfs] victim_policy plugin (checked here,
+        #: at daemon start: an unknown name fails before anything is mounted)
+        self.victim_algorithm = victim.algorithm(config.victim_policy)
         self.store = PageStore(config.page_store_mb * MIB // PAGE_SIZE)
         self.session = FuseSession(
             self.store,
@@ -78,7 +81,7 @@ class MemFS:
                           default_resident_limit_pages=(config.default_resident_limit_mb * MIB
                                                         // PAGE_SIZE),
                           throttle_slots=config.reader_threads - 1,
-                          victim_policy=config.victim_policy),
+                          victim_policy=self.victim_algorithm),
             own_tid=self._is_own_thread, on_pressure=self._wake_evictor)
         self.pager = Pager(PagerConfig(pin=config.pin_resident_pages,
                                        batch_pages=config.eviction_batch_pages,
@@ -246,7 +249,7 @@ class MemFS:
                     raise FsError(errno.ENOTDIR, f"{name} is not a directory")
             f = tree.add(node, parts[-1], 0o100600, 0, 0)
             f.ram = RamFile(f.nodeid, self.store)
-            f.ram.victim_policy = self.config.victim_policy
+            f.ram.victim_policy = self.victim_algorithm
             f.ram.resize(size)
             f.ram.set_resident_limit(resident_limit_bytes // PAGE_SIZE)
             return f.ram

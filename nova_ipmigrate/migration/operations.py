@@ -7,7 +7,9 @@ parallel) and reports their progress as one: bytes and pages done and total,
 rate, re-sent and invalidated pages, ETA. :class:`Operations` is the agent's
 registry of them (list, show, abort).
 
-Strategies:
+Strategies are plugins of the stevedore namespace
+``nova_ipmigrate.transfer_strategy`` (``migration.strategy``); a request that
+names none gets ``[migration] default_strategy``. The built-ins:
 
 * ``ipmigrate`` (default): each part goes straight from its holder to the
   destination (``transfer.PartTransfer``), in parallel.
@@ -30,15 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stevedore import extension
+
 from nova_ipmigrate.fabric.errors import FabricError, PagesNotHeldError
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import RamFile
 from nova_ipmigrate.memfs.store import StoreFull
+from nova_ipmigrate.migration import strategy as strategies
 from nova_ipmigrate.migration.consistency import MAIN_HOST, Phase
 from nova_ipmigrate.migration.transfer import Endpoint, LocalStaging, PartTransfer
 
 LOG = logging.getLogger(__name__)
 
+#: the built-in strategies (the plugins installed: ``Operations.strategy_names()``)
 STRATEGIES = ("ipmigrate", "naive")
 #: pages per page-in request of the naive gather (one fabric request at most)
 GATHER_BATCH = 4096
@@ -78,6 +84,9 @@ class Operation:
     request_id: str | None = None
     #: for naive strategies: their own progress (no PartTransfer)
     naive: dict[str, Any] = field(default_factory=dict)
+    #: the plugin behind ``strategy``
+    plan: strategies.TransferStrategy | None = field(default=None, repr=False,
+                                                     compare=False)
     _abort: threading.Event = field(default_factory=threading.Event)
     _finished: threading.Event = field(default_factory=threading.Event)
 
@@ -125,12 +134,17 @@ class Operations:
 
     def __init__(self, host_name: str, endpoint: Endpoint,
                  local_staging: LocalStaging, copy_timeout: float = 120.0,
-                 regions_in_flight: int = 2) -> None:
+                 regions_in_flight: int = 2,
+                 default_strategy: str = strategies.DEFAULT,
+                 extensions: extension.ExtensionManager | None = None) -> None:
         self.host_name = host_name
         self.endpoint = endpoint
         self.local = local_staging
         self.copy_timeout = copy_timeout
         self.regions_in_flight = regions_in_flight
+        self.default_strategy = default_strategy
+        #: the installed strategies (loaded on first use)
+        self._extensions = extensions
         self._ops: dict[str, Operation] = {}
         self._busy: dict[str, str] = {}   # RAM file path -> running operation id
         self._ids = itertools.count(1)
@@ -164,16 +178,25 @@ class Operations:
                 return op
         return None
 
-    def _new(self, kind: str, ram: RamFile, path: str, strategy: str, source: str | None,
-             dest: str, request_id: str | None = None) -> Operation:
-        if strategy not in STRATEGIES:
-            raise OperationError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+    def strategy(self, name: str | None = None) -> strategies.TransferStrategy:
+        """The strategy plugin ``name`` (None: ``default_strategy``)."""
+        if self._extensions is None:
+            self._extensions = strategies.manager()
+        try:
+            return strategies.load(name or self.default_strategy, self._extensions)
+        except (strategies.UnknownStrategy, TypeError) as exc:
+            raise OperationError(str(exc)) from exc
+
+    def _new(self, kind: str, ram: RamFile, path: str, strategy: str | None,
+             source: str | None, dest: str, request_id: str | None = None) -> Operation:
+        plan = self.strategy(strategy)
+        strategy = strategy or self.default_strategy
         with self._lock:
             running = self._busy.get(path)
             if running is not None:
                 raise OperationError(f"{path} is busy with operation {running}", 16)
             op = Operation(f"{self.host_name}-{next(self._ids)}", kind, str(ram.vm), path,
-                           strategy, source, dest, request_id=request_id)
+                           strategy, source, dest, request_id=request_id, plan=plan)
             self._ops[op.id] = op
             self._busy[path] = op.id
         return op
@@ -186,7 +209,7 @@ class Operations:
     # -- partial migration of a sub-host ----------------------------------------------------
 
     def partial_migration(self, path: str, ram: RamFile, source: str, dest: Endpoint,
-                          strategy: str = "ipmigrate",
+                          strategy: str | None = None,
                           max_rate: float | None = None,
                           request_id: str | None = None) -> Operation:
         """Move the part ``source`` holds of the VM in ``ram`` to ``dest``.
@@ -208,7 +231,7 @@ class Operations:
         op = self._new("partial_migration", ram, path, strategy, source, dest.name,
                        request_id)
         try:
-            if strategy == "naive":
+            if op.plan is not None and not op.plan.direct:
                 self._start_naive(op, ram, lambda: self._naive_partial(op, ram, src, dest))
                 return op
             if dest.name == self.host_name:
@@ -241,7 +264,7 @@ class Operations:
 
     # -- reintegration ----------------------------------------------------------------------
 
-    def reintegration(self, path: str, ram: RamFile, strategy: str = "ipmigrate",
+    def reintegration(self, path: str, ram: RamFile, strategy: str | None = None,
                       request_id: str | None = None) -> Operation:
         """Every holder sends its part to the main host, all in parallel.
 
@@ -269,7 +292,7 @@ class Operations:
             with table.lock:
                 table.push_enabled = False
                 table.closed_holders.update(holders)
-            if strategy == "naive":
+            if op.plan is not None and not op.plan.direct:
                 self._start_naive(op, ram, lambda: self._gather(op, ram, list(holders)))
                 return op
             for h in holders:
@@ -296,7 +319,9 @@ class Operations:
                             copy_timeout=self.copy_timeout,
                             on_done=lambda tr: self._part_done(op, ram, tr),
                             source_name=backend.holder_name(src),
-                            dest_name=ep.name, depth=self.regions_in_flight)
+                            dest_name=ep.name,
+                            depth=op.plan.regions_in_flight(self.regions_in_flight)
+                            if op.plan is not None else self.regions_in_flight)
 
     def _part_done(self, op: Operation, ram: RamFile, tr: PartTransfer) -> None:
         backend = ram.remote
@@ -349,10 +374,11 @@ class Operations:
         n["bytes_done"] = 0
         for h, pages in todo.items():
             client = backend.client(h)
-            for i in range(0, len(pages), GATHER_BATCH):
+            batch = op.plan.gather_batch if op.plan is not None else GATHER_BATCH
+            for i in range(0, len(pages), batch):
                 if op._abort.is_set():
                     raise _NaiveAborted()
-                chunk, data = _get_held(client, table, vm, h, pages[i:i + GATHER_BATCH],
+                chunk, data = _get_held(client, table, vm, h, pages[i:i + batch],
                                         backend.holder_name(h))
                 if not chunk:
                     continue

@@ -12,7 +12,8 @@ from oslo_config import cfg
 import nova_ipmigrate.conf
 from nova_ipmigrate.conf import opts
 
-EXPECTED_GROUPS = {"DEFAULT", "memfs", "guest", "lab", "fabric", "agent", "migration"}
+EXPECTED_GROUPS = {"DEFAULT", "memfs", "guest", "lab", "fabric", "agent", "migration",
+                   "engine", "database"}
 
 
 def _group_name(group: str | cfg.OptGroup | None) -> str:

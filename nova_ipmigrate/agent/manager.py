@@ -1,0 +1,179 @@
+"""The agent's RPC endpoint: the control operations of an :class:`Agent`, over
+oslo.messaging (topic :data:`nova_ipmigrate.agent.rpcapi.TOPIC`, server = the host).
+
+Each method takes the request context and keyword arguments named like the keys of
+the control-socket request, checks their types (a malformed call raises
+:class:`~nova_ipmigrate.exception.Invalid` and changes nothing), runs the agent's
+own handler of that operation, and returns its reply dict. A refusal of the
+handler (``ControlError`` / ``FsError`` with an errno) is raised as the matching
+:mod:`nova_ipmigrate.exception` class, which the caller gets back as that class.
+
+The management of memfs itself (``create``, ``set_limit``, ``shutdown``) stays on
+the local control socket.
+
+The server side of the API version history in :mod:`nova_ipmigrate.agent.rpcapi`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import oslo_messaging as messaging
+
+from nova_ipmigrate import exception
+from nova_ipmigrate.memfs.control import ControlError
+from nova_ipmigrate.memfs.tree import FsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+_NUMBER = (int, float)
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", dict: "an object",
+             list: "a list", bool: "a boolean"}
+    if set(types) == {int, float}:
+        return "a number"
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check(method: str, name: str, value: Any, types: tuple[type, ...],
+           optional: bool) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise exception.Invalid(
+            f"{method}: argument '{name}' must be {_type_name(types)}"
+            f"{' or null' if optional else ''}, not {type(value).__name__}",
+            reason=f"bad argument {name!r}", method=method, argument=name)
+
+
+def remotable(**types: type | tuple[type, ...]) -> Callable[[F], F]:
+    """An RPC method whose keyword arguments are checked against ``types``.
+
+    Unknown or missing arguments and arguments of the wrong type raise
+    :class:`exception.Invalid` before the method runs; an argument whose
+    default is ``None`` may be ``None``. The method's own
+    :class:`exception.IPMigrateException` are expected ones: the server logs
+    them at debug level only.
+    """
+    def deco(fn: F) -> F:
+        sig = inspect.signature(fn)
+        name = fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(self: Any, context: Any, **kwargs: Any) -> Any:
+            try:
+                bound = sig.bind(self, context, **kwargs)
+            except TypeError as exc:
+                raise exception.Invalid(f"{name}: {exc}", reason=str(exc),
+                                        method=name) from None
+            for arg, value in bound.arguments.items():
+                if arg in types:
+                    spec = types[arg]
+                    allowed = spec if isinstance(spec, tuple) else (spec,)
+                    _check(name, arg, value, allowed, sig.parameters[arg].default is None)
+            return fn(self, context, **kwargs)
+
+        expected = messaging.expected_exceptions(exception.IPMigrateException)(wrapper)
+        return functools.wraps(fn)(expected)  # type: ignore[return-value]
+
+    return deco
+
+
+def _drop_none(**kwargs: Any) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class AgentManager:
+    """RPC endpoint of one agent. API 1.0, see :class:`~.rpcapi.AgentAPI`."""
+
+    target = messaging.Target(version="1.0")
+
+    def __init__(self, agent: Any) -> None:
+        #: a started :class:`nova_ipmigrate.agent.service.Agent`
+        self.agent = agent
+
+    def _handle(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        """Run the agent's handler of control operation ``op``."""
+        handler = self.agent.control.extra[op]
+        try:
+            reply: dict[str, Any] = handler({"op": op, **req})
+        except ControlError as exc:
+            raise exception.from_errno(str(exc), exc.errno) from None
+        except FsError as exc:
+            raise exception.from_errno(str(exc), exc.errno) from None
+        return reply
+
+    # -- read-only -----------------------------------------------------------------------
+
+    @remotable()
+    def stats(self, context: Any) -> dict[str, Any]:
+        """The memfs ``stats`` of this host (as the control socket returns them)."""
+        return {"ok": True, "stats": self.agent.memfs.stats()}
+
+    @remotable()
+    def agent_stats(self, context: Any) -> dict[str, Any]:
+        return self._handle("agent_stats", {})
+
+    @remotable()
+    def parts(self, context: Any) -> dict[str, Any]:
+        return self._handle("parts", {})
+
+    @remotable()
+    def endpoint(self, context: Any) -> dict[str, Any]:
+        """This host's fabric endpoint ``{name, address, port}``: what other agents are
+        given as a sub-host or a ``dest``."""
+        return {"name": self.agent.config.host_name,
+                "address": self.agent.advertise_address, "port": self.agent.fabric.port}
+
+    @remotable(path=str)
+    def page_map(self, context: Any, path: str) -> dict[str, Any]:
+        return self._handle("page_map", {"path": path})
+
+    @remotable()
+    def ops(self, context: Any) -> dict[str, Any]:
+        return self._handle("ops", {})
+
+    @remotable(id=str, wait=_NUMBER)
+    def op_status(self, context: Any, id: str, wait: float = 0) -> dict[str, Any]:
+        """An operation's progress; with ``wait`` > 0, first wait up to that many
+        seconds (at most 60) for it to end."""
+        return self._handle("op_status", {"id": id, "wait": wait})
+
+    # -- changes -------------------------------------------------------------------------
+
+    @remotable(path=str, vm=str, sub_hosts=list)
+    def set_remote(self, context: Any, path: str, vm: str,
+                   sub_hosts: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._handle("set_remote", {"path": path, "vm": vm, "sub_hosts": sub_hosts})
+
+    @remotable(path=str, resident_limit=int, vm=str, sub_hosts=list)
+    def split(self, context: Any, path: str, resident_limit: int,
+              sub_hosts: list[dict[str, Any]], vm: str | None = None) -> dict[str, Any]:
+        """Split migration of a running VM's RAM file (``vm`` is needed the first time)."""
+        return self._handle("split", _drop_none(path=path, resident_limit=resident_limit,
+                                                sub_hosts=sub_hosts, vm=vm))
+
+    @remotable(path=str, source=str, dest=dict, strategy=str, max_rate_mb_s=_NUMBER,
+               request_id=str)
+    def partial_migrate(self, context: Any, path: str, source: str, dest: dict[str, Any],
+                        strategy: str = "ipmigrate", max_rate_mb_s: float | None = None,
+                        request_id: str | None = None) -> dict[str, Any]:
+        return self._handle("partial_migrate", _drop_none(
+            path=path, source=source, dest=dest, strategy=strategy,
+            max_rate_mb_s=max_rate_mb_s, request_id=request_id))
+
+    @remotable(path=str, target=str, strategy=str, request_id=str)
+    def reintegrate(self, context: Any, path: str, target: str | None = None,
+                    strategy: str = "ipmigrate", request_id: str | None = None,
+                    ) -> dict[str, Any]:
+        return self._handle("reintegrate", _drop_none(
+            path=path, target=target, strategy=strategy, request_id=request_id))
+
+    @remotable(id=str)
+    def op_abort(self, context: Any, id: str) -> dict[str, Any]:
+        return self._handle("op_abort", {"id": id})

@@ -1,0 +1,267 @@
+"""The engine's RPC endpoint (topic ``ipmigrate-engine``, API version 1.0).
+
+Every request is validated up front against what the agents report; a request
+that is refused raises one of :mod:`nova_ipmigrate.exception` (unknown VM:
+``NotFound``; a host not holding a part, a destination equal to the source,
+malformed arguments: ``Invalid``; a destination without room:
+``InsufficientCapacity``; an operation already active on the VM: ``Conflict``;
+an agent that does not answer: ``Unavailable``) and changes nothing. An
+accepted request is persisted ``queued`` and returned; the worker runs it.
+
+API versions:
+
+* 1.0: partial_migration, reintegration, split, host_drain, list_operations,
+  show_operation, abort_operation
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import oslo_messaging as messaging
+
+from nova_ipmigrate import exception
+from nova_ipmigrate.engine.db import Database, StaleOperation
+from nova_ipmigrate.engine.inventory import Inventory
+from nova_ipmigrate.engine.models import ACTIVE_STATES, KINDS, STATES, Operation, utcnow
+from nova_ipmigrate.engine.notifications import Notifications
+from nova_ipmigrate.engine.worker import reserved_pages
+from nova_ipmigrate.migration.operations import STRATEGIES
+
+RPC_API_VERSION = "1.0"
+
+
+def _invalid(reason: str) -> exception.Invalid:
+    return exception.Invalid(reason, reason=reason)
+
+
+def _str(name: str, value: Any, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(f"{name} must be a non-empty string, not {value!r}")
+
+
+def _strategy(value: Any) -> None:
+    if value not in STRATEGIES:
+        raise _invalid(f"unknown strategy {value!r} (one of {', '.join(STRATEGIES)})")
+
+
+def _host_list(name: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _invalid(f"{name} must be a list of host names, not {value!r}")
+    for h in value:
+        _str(f"an entry of {name}", h)
+    if len(set(value)) != len(value):
+        raise _invalid(f"{name} names a host twice: {list(value)}")
+    return [str(h) for h in value]
+
+
+class EngineManager:
+    target = messaging.Target(version=RPC_API_VERSION)
+
+    def __init__(self, db: Database, inventory: Inventory,
+                 notifications: Notifications | None = None, wake: Any = None) -> None:
+        self.db = db
+        self.inventory = inventory
+        self.notify = notifications
+        self._wake = wake or (lambda: None)
+        #: validation and creation of one request at a time (conflict checks)
+        self._lock = threading.Lock()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _conflict(self, vm: str) -> None:
+        active = self.db.list(vm=vm, states=ACTIVE_STATES)
+        if active:
+            op = active[0]
+            raise exception.Conflict(
+                f"VM {vm} has an active {op.kind} operation {op.id} ({op.state})",
+                reason=f"operation {op.id}", operation=op.id)
+
+    def _create(self, **values: Any) -> dict[str, Any]:
+        op = self.db.create(**values)
+        self._wake()
+        return op.to_dict()
+
+    def _get(self, op_id: Any) -> Operation:
+        _str("op_id", op_id)
+        op = self.db.get(op_id)
+        if op is None:
+            raise exception.NotFound(f"no operation {op_id}", reason=f"operation {op_id}")
+        return op
+
+    # -- operations -----------------------------------------------------------------
+
+    def partial_migration(self, context: Any, vm: str, source_host: str,
+                          dest_host: str | None = None, strategy: str = "ipmigrate",
+                          max_rate_mb_s: float | None = None) -> dict[str, Any]:
+        _str("vm", vm)
+        _str("source_host", source_host)
+        _str("dest_host", dest_host, optional=True)
+        _strategy(strategy)
+        if max_rate_mb_s is not None and (isinstance(max_rate_mb_s, bool) or not isinstance(
+                max_rate_mb_s, (int, float)) or max_rate_mb_s <= 0):
+            raise _invalid(f"max_rate_mb_s must be a positive number, not {max_rate_mb_s!r}")
+        inv = self.inventory
+        inv.known(source_host, "source host")
+        if dest_host is not None:
+            inv.known(dest_host, "destination host")
+            if dest_host == source_host:
+                raise _invalid(f"the destination must differ from the source ({source_host})")
+        with self._lock:
+            self._conflict(vm)
+            entry = inv.find_vm(vm)
+            main = str(entry["main_host"])
+            if entry.get("broken"):
+                raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
+            if source_host == main:
+                raise _invalid(f"{source_host} is the main host of {vm}: a partial "
+                               f"migration moves a sub-host's part (the main-host move "
+                               f"is another operation)")
+            pages = int(dict(entry.get("pages_by_host") or {}).get(source_host, 0))
+            if pages <= 0:
+                holders = sorted(h for h, n in dict(entry["pages_by_host"]).items()
+                                 if int(n) > 0 and h != main)
+                raise _invalid(f"{source_host} holds no part of {vm} (sub-hosts holding "
+                               f"parts: {', '.join(holders) or 'none'})")
+            reserved = reserved_pages(self.db)
+            if dest_host is None:
+                dest_host = inv.choose_destination(entry, source_host, reserved)
+            elif dest_host != main:
+                free = inv.free_pages([dest_host], reserved)
+                if dest_host not in free:
+                    raise exception.Unavailable(f"the agent on {dest_host} does not answer",
+                                                reason=dest_host)
+                if free[dest_host] < pages:
+                    raise exception.InsufficientCapacity(
+                        f"{dest_host} has room for {free[dest_host]} pages, the part of "
+                        f"{vm} on {source_host} has {pages}", reason=dest_host)
+            endpoint = inv.endpoint(dest_host)
+            return self._create(
+                kind="partial_migration", vm=vm, path=str(entry["path"]), main_host=main,
+                source_host=source_host, dest_host=dest_host, strategy=strategy,
+                params={"pages": pages, "max_rate_mb_s": max_rate_mb_s,
+                        "dest_endpoint": endpoint})
+
+    def reintegration(self, context: Any, vm: str, target_host: str | None = None,
+                      strategy: str = "ipmigrate") -> dict[str, Any]:
+        _str("vm", vm)
+        _str("target_host", target_host, optional=True)
+        _strategy(strategy)
+        if target_host is not None:
+            self.inventory.known(target_host, "target host")
+        with self._lock:
+            self._conflict(vm)
+            entry = self.inventory.find_vm(vm)
+            main = str(entry["main_host"])
+            if target_host is not None and target_host != main:
+                raise _invalid(f"reintegration gathers {vm} onto its main host {main}, "
+                               f"not {target_host} (that needs the main-host move)")
+            if entry.get("broken"):
+                raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
+            pages = {h: int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
+            sources = sorted(h for h, n in pages.items() if h != main and n > 0)
+            if not sources:
+                raise _invalid(f"every page of {vm} is on its main host {main} already")
+            return self._create(
+                kind="reintegration", vm=vm, path=str(entry["path"]), main_host=main,
+                dest_host=main, strategy=strategy,
+                params={"sources": sources, "pages": sum(pages[h] for h in sources)})
+
+    def split(self, context: Any, main_host: str, path: str, vm: str,
+              sub_hosts: Sequence[str], resident_limit: int) -> dict[str, Any]:
+        _str("main_host", main_host)
+        _str("path", path)
+        _str("vm", vm)
+        hosts = _host_list("sub_hosts", sub_hosts)
+        if not hosts:
+            raise _invalid("a split needs at least one sub-host")
+        if isinstance(resident_limit, bool) or not isinstance(resident_limit, int) \
+                or resident_limit < 0:
+            raise _invalid(f"resident_limit must be a non-negative integer (bytes), not "
+                           f"{resident_limit!r}")
+        inv = self.inventory
+        inv.known(main_host, "main host")
+        for h in hosts:
+            inv.known(h, "sub-host")
+        if main_host in hosts:
+            raise _invalid(f"the main host {main_host} cannot be its own sub-host")
+        with self._lock:
+            self._conflict(vm)
+            entries, _ = inv.entries()
+            for e in entries:
+                if str(e.get("vm")) == vm or (e.get("main_host") == main_host
+                                              and e.get("path") == path):
+                    raise exception.Conflict(
+                        f"{e['vm']} ({e['main_host']}:{e['path']}) is split already",
+                        reason=f"VM {vm}")
+            endpoints = [inv.endpoint(h) for h in hosts]
+            return self._create(
+                kind="split", vm=vm, path=path, main_host=main_host,
+                params={"sub_hosts": hosts, "sub_host_endpoints": endpoints,
+                        "resident_limit": resident_limit})
+
+    def host_drain(self, context: Any, host: str,
+                   exclude: Sequence[str] = ()) -> dict[str, Any]:
+        _str("host", host)
+        excluded = _host_list("exclude", list(exclude) if isinstance(exclude, tuple)
+                              else exclude)
+        self.inventory.known(host)
+        for h in excluded:
+            self.inventory.known(h, "excluded host")
+        if host in excluded:
+            raise _invalid(f"the drained host {host} cannot be excluded")
+        with self._lock:
+            for op in self.db.list(states=ACTIVE_STATES, kinds=("host_drain",)):
+                if op.source_host == host:
+                    raise exception.Conflict(f"{host} is being drained by operation {op.id}",
+                                             reason=f"operation {op.id}", operation=op.id)
+            return self._create(kind="host_drain", source_host=host,
+                                params={"exclude": excluded})
+
+    def list_operations(self, context: Any, vm: str | None = None,
+                        state: str | None = None) -> list[dict[str, Any]]:
+        _str("vm", vm, optional=True)
+        if state is not None and state not in STATES:
+            raise _invalid(f"unknown state {state!r} (one of {', '.join(STATES)})")
+        return [op.to_dict() for op in self.db.list(
+            vm=vm, states=None if state is None else (state,))]
+
+    def show_operation(self, context: Any, op_id: str) -> dict[str, Any]:
+        op = self._get(op_id)
+        out = op.to_dict()
+        if op.kind == "host_drain":
+            out["children"] = [c.to_dict() for c in self.db.list(parent_id=op.id)]
+        return out
+
+    def abort_operation(self, context: Any, op_id: str) -> dict[str, Any]:
+        for _ in range(20):
+            op = self._get(op_id)
+            if op.final:
+                raise exception.Conflict(f"operation {op_id} is {op.state}: nothing to abort",
+                                         reason=f"operation {op_id}")
+            if op.state == "aborting":
+                return op.to_dict()
+            if op.kind == "split" and op.state == "running":
+                raise exception.Conflict(f"split {op_id} is running: it cannot be aborted",
+                                         reason=f"operation {op_id}")
+            try:
+                if op.state == "queued":
+                    op = self.db.update(op, state="aborted", step="aborted",
+                                        finished_at=utcnow(), fault="aborted while queued")
+                    if self.notify is not None:
+                        self.notify.emit(op, "abort")
+                else:
+                    op = self.db.update(op, state="aborting")
+            except StaleOperation:
+                continue
+            self._wake()
+            return op.to_dict()
+        raise exception.Conflict(f"operation {op_id} keeps changing: try again",
+                                 reason=f"operation {op_id}")
+
+
+__all__ = ["EngineManager", "KINDS", "RPC_API_VERSION"]

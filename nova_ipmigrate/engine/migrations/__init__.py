@@ -1,0 +1,1 @@
+"""Alembic migrations of the engine database (``ipmigrate-engine db sync``)."""

@@ -1,0 +1,61 @@
+"""The engine process: database, RPC server (threading executor) and worker."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import oslo_messaging as messaging
+from oslo_config import cfg
+from oslo_context import context as oslo_context
+
+from nova_ipmigrate import rpc
+from nova_ipmigrate.engine import TOPIC
+from nova_ipmigrate.engine.db import Database
+from nova_ipmigrate.engine.inventory import Inventory
+from nova_ipmigrate.engine.manager import EngineManager
+from nova_ipmigrate.engine.notifications import Notifications
+from nova_ipmigrate.engine.worker import Worker
+
+LOG = logging.getLogger(__name__)
+
+
+class EngineService:
+    """Everything of one engine; ``agents``: an AgentAPI (or a fake in tests)."""
+
+    def __init__(self, conf: cfg.ConfigOpts, transport: messaging.Transport | None,
+                 agents: Any, notifier: messaging.Notifier | None = None,
+                 db: Database | None = None, host: str | None = None) -> None:
+        e = conf.engine
+        self.host = host or e.host or socket.gethostname()
+        self.transport = transport
+        self.db = db or Database(conf.database.connection, conf.database)
+        self.ctxt = oslo_context.get_admin_context()
+        self.inventory = Inventory(agents, e.hosts, self.ctxt)
+        self.notifications = Notifications(notifier, self.host, e.progress_interval)
+        self.worker = Worker(self.db, agents, self.inventory, self.notifications,
+                             max_ops_per_host=e.max_ops_per_host,
+                             max_ops_per_link=e.max_ops_per_link,
+                             poll_interval=e.poll_interval, workers=e.workers, ctxt=self.ctxt)
+        self.manager = EngineManager(self.db, self.inventory, self.notifications,
+                                     wake=self.worker.wake)
+        self.server: Any = None
+
+    def start(self) -> None:
+        self.db.check_synced()
+        if self.transport is not None:
+            target = messaging.Target(topic=TOPIC, server=self.host)
+            self.server = rpc.get_server(target, [self.manager], transport=self.transport)
+            self.server.start()
+        self.worker.start()
+        LOG.info("engine %s started", self.host)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server.wait()
+            self.server = None
+        self.worker.stop()
+        self.db.close()
+        LOG.info("engine %s stopped", self.host)
