@@ -175,7 +175,7 @@ class FabricClient:
         except OSError as exc:
             raise FabricConnectionError(f"cannot connect to {where}: {exc}") from exc
         try:
-            tune_socket(sock, self.buffer_bytes if bulk else 0)
+            tune_socket(sock, self.buffer_bytes if bulk else 0, bulk=bulk)
             if self._tls_context is not None:
                 sock = self._tls_context.wrap_socket(sock, server_hostname=self.peer_name)
             conn = Connection(sock, where)

@@ -37,12 +37,27 @@ class TruncatedFrameError(FabricProtocolError, FabricConnectionError):
     """The stream ended inside a frame: a protocol error, and a broken connection."""
 
 
-def tune_socket(sock: socket.socket, buffer_bytes: int = 0) -> None:
-    """TCP_NODELAY (a frame is one send, Nagle only delays replies); optional buffers.
+#: IP TOS of page-ins, page-outs and control requests: IPTOS_LOWDELAY (Linux maps it
+#: to the interactive priority band of a NIC's or a prio qdisc's queues)
+TOS_INTERACTIVE = 0x10
+#: IP TOS of bulk streams (part moves): IPTOS_THROUGHPUT (the bulk band)
+TOS_BULK = 0x08
+
+
+def tune_socket(sock: socket.socket, buffer_bytes: int = 0, bulk: bool = False) -> None:
+    """TCP_NODELAY (a frame is one send, Nagle only delays replies); optional buffers;
+    the traffic class.
 
     ``buffer_bytes`` 0 keeps the kernel's autotuning, which an explicit
-    SO_SNDBUF/SO_RCVBUF turns off (and ``net.core.[rw]mem_max`` caps).
+    SO_SNDBUF/SO_RCVBUF turns off (and ``net.core.[rw]mem_max`` caps). ``bulk``
+    marks the connection as bulk traffic: a page-in answer sent by the same host
+    must not queue behind a part move's data (``TOS_INTERACTIVE`` otherwise).
     """
+    tos = TOS_BULK if bulk else TOS_INTERACTIVE
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+    elif sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if buffer_bytes:

@@ -496,6 +496,8 @@ class Lab:
         for netns, dev in ((h.netns, HOST_IFACE), (self.switch_netns, h.switch_port)):
             # deleting a root qdisc that is not there fails, and is what we want
             _run(shaping.qdisc_command(netns, dev, link), check=link is not None)
+            if link is not None:
+                _run(shaping.prio_command(netns, dev))
 
     def set_link(self, link: str | None, hosts: Sequence[int | str] | None = None) -> None:
         """Reshape the links of ``hosts`` (default: all) to ``link`` (None: unshaped)."""

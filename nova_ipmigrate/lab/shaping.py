@@ -69,5 +69,16 @@ def qdisc_command(netns: str, dev: str, link: str | None) -> list[str]:
     if link is None:
         return [*base, "del", "dev", dev, "root"]
     rate = parse_rate(link)
-    return [*base, "replace", "dev", dev, "root", "tbf", "rate", f"{rate}bit",
+    return [*base, "replace", "dev", dev, "root", "handle", "1:", "tbf", "rate", f"{rate}bit",
             "burst", str(tbf_burst(rate)), "latency", TBF_LATENCY]
+
+
+def prio_command(netns: str, dev: str) -> list[str]:
+    """Inside the token bucket, three priority bands (pfifo_fast, as behind a NIC).
+
+    The fabric marks page-in traffic interactive and bulk copies as bulk
+    (``fabric.connection.tune_socket``): with one FIFO behind the bucket, a
+    page-in answer would wait behind megabytes of a part move on the same link.
+    """
+    return ["tc", "-n", netns, "qdisc", "replace", "dev", dev, "parent", "1:1", "handle",
+            "10:", "pfifo_fast"]

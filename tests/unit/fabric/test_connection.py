@@ -202,3 +202,14 @@ def test_repr_names_peer() -> None:
     conn.close()
     right.close()
     assert "closed" in repr(conn)
+
+
+def test_bulk_and_interactive_connections_carry_their_traffic_class() -> None:
+    import socket
+
+    from nova_ipmigrate.fabric.connection import TOS_BULK, TOS_INTERACTIVE, tune_socket
+    for bulk, tos in ((True, TOS_BULK), (False, TOS_INTERACTIVE)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            tune_socket(s, bulk=bulk)
+            assert s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == tos
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

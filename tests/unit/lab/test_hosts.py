@@ -100,9 +100,13 @@ def test_up_builds_the_topology(system: FakeSystem, lab: Lab) -> None:
         in system.commands
     assert not [c for c in system.commands if "route" in c]
     tc = system.ran("tc", "replace")
-    assert {(c[2], c[6]) for c in tc} == {("ipmt-h1", "eth0"), ("ipmt-sw", "h1"),
-                                         ("ipmt-h2", "eth0"), ("ipmt-sw", "h2")}
-    assert all("100000000bit" in c for c in tc)
+    links = {("ipmt-h1", "eth0"), ("ipmt-sw", "h1"), ("ipmt-h2", "eth0"), ("ipmt-sw", "h2")}
+    buckets = [c for c in tc if "tbf" in c]
+    assert {(c[2], c[6]) for c in buckets} == links
+    assert all("100000000bit" in c for c in buckets)
+    # inside every bucket, priority bands: page-in answers pass a part move's data
+    bands = [c for c in tc if "pfifo_fast" in c]
+    assert {(c[2], c[6]) for c in bands} == links
     assert system.ran("mount", "--make-private", str(lab.ns_dir))
     (unshare,) = system.ran("unshare", f"--mount={lab.ns_dir}/h1.mnt")
     assert unshare[:2] == ["nsenter", "--net=/run/netns/ipmt-h1"]

@@ -47,10 +47,16 @@ def test_burst_covers_the_timer_at_high_rates_and_gso_at_low() -> None:
 
 def test_qdisc_command_shapes_with_a_token_bucket() -> None:
     assert shaping.qdisc_command("ipm-h1", "eth0", "100mbit") == [
-        "tc", "-n", "ipm-h1", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+        "tc", "-n", "ipm-h1", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "tbf",
         "rate", "100000000bit", "burst", "65536", "latency", shaping.TBF_LATENCY]
 
 
 def test_qdisc_command_unshapes() -> None:
     assert shaping.qdisc_command("ipm-sw", "h2", None) == [
         "tc", "-n", "ipm-sw", "qdisc", "del", "dev", "h2", "root"]
+
+
+def test_prio_queue_sits_inside_the_token_bucket() -> None:
+    assert shaping.prio_command("ipm-h1", "eth0") == [
+        "tc", "-n", "ipm-h1", "qdisc", "replace", "dev", "eth0", "parent", "1:1", "handle",
+        "10:", "pfifo_fast"]
