@@ -16,7 +16,7 @@ import errno
 import logging
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from nova_ipmigrate.fabric.errors import FabricError
 from nova_ipmigrate.fabric.server import FabricServer
 from nova_ipmigrate.memfs.control import ControlError, ControlServer, _str_arg
 from nova_ipmigrate.memfs.server import MemFS, MemfsConfig
-from nova_ipmigrate.migration.operations import OperationError, Operations
+from nova_ipmigrate.migration.operations import Operation, OperationError, Operations
 from nova_ipmigrate.migration.transfer import Endpoint, LocalStaging
 
 LOG = logging.getLogger(__name__)
@@ -254,16 +254,9 @@ class Agent:
         if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool)
                                 or cap <= 0):
             raise ControlError("'max_rate_mb_s' must be a positive number (MiB/s)")
-        try:
-            op = self.operations.partial_migration(
-                path, ram, source, dest, _strategy_arg(req),
-                max_rate=cap * 2**20 if cap else None, request_id=_request_id(req))
-        except OperationError as exc:
-            raise ControlError(str(exc), exc.errno) from exc
-        except (FabricError, ValueError) as exc:
-            raise ControlError(f"cannot start the move to {dest.name}: {exc}",
-                               errno.EHOSTUNREACH) from exc
-        return {"ok": True, **op.progress()}
+        return _started(f"the move to {dest.name}", lambda: self.operations.partial_migration(
+            path, ram, source, dest, _strategy_arg(req),
+            max_rate=cap * 2**20 if cap else None, request_id=_request_id(req)))
 
     def _reintegrate(self, req: dict[str, Any]) -> dict[str, Any]:
         """Every holder sends its part of the VM here, in parallel."""
@@ -273,16 +266,8 @@ class Agent:
             raise ControlError(f"reintegration onto {target} needs the main-host move; "
                                f"only the main host ({self.config.host_name}) can be the "
                                f"target for now", errno.EOPNOTSUPP)
-        try:
-            op = self.operations.reintegration(path, ram,
-                                               _strategy_arg(req),
-                                               request_id=_request_id(req))
-        except OperationError as exc:
-            raise ControlError(str(exc), exc.errno) from exc
-        except (FabricError, ValueError) as exc:
-            raise ControlError(f"cannot start the reintegration: {exc}",
-                               errno.EHOSTUNREACH) from exc
-        return {"ok": True, **op.progress()}
+        return _started("the reintegration", lambda: self.operations.reintegration(
+            path, ram, _strategy_arg(req), request_id=_request_id(req)))
 
     def _op(self, req: dict[str, Any]) -> Any:
         try:
@@ -334,3 +319,14 @@ def _request_id(req: dict[str, Any]) -> str | None:
     if not isinstance(rid, str) or not 0 < len(rid) <= 64:
         raise ControlError("'request_id' must be a string of 1-64 characters")
     return rid
+
+
+def _started(what: str, start: Callable[[], Operation]) -> dict[str, Any]:
+    """Start an operation: its progress, or the refusal as a control error."""
+    try:
+        op = start()
+    except OperationError as exc:
+        raise ControlError(str(exc), exc.errno) from exc
+    except (FabricError, ValueError) as exc:
+        raise ControlError(f"cannot start {what}: {exc}", errno.EHOSTUNREACH) from exc
+    return {"ok": True, **op.progress()}

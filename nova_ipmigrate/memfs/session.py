@@ -405,7 +405,8 @@ class FuseSession:
                     if moved and attempt < _REDIRECTS:
                         self.redirected += len(moved)
                         retry += moved
-                        group = [p for p in group if p not in set(moved)]
+                        gone = set(moved)
+                        group = [p for p in group if p not in gone]
                     if group:
                         ram.lost_pages.update(group)
                         LOG.error("instance %s is broken: pages %s cannot be paged in from "

@@ -326,15 +326,6 @@ class PartMove:
         self.phase = Phase.CONVERGING
         self.table.closed_holders.add(self.source)
 
-    def pending(self) -> bool:
-        """Is anything left to copy (before a switch can be tried)?"""
-        t = self.table
-        src = self.source
-        if self._resend:
-            return any(t.state[p] == _REMOTE and t.holder[p] == src and not self._valid(p)
-                       for p in self._resend)
-        return self._cursor < len(self._todo)
-
     def commit_set(self) -> list[int]:
         """Pages to commit at the destination before the switch: every current copy."""
         if self.phase is not Phase.CONVERGING:
