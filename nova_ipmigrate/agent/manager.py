@@ -16,72 +16,14 @@ The server side of the API version history in :mod:`nova_ipmigrate.agent.rpcapi`
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import oslo_messaging as messaging
 
 from nova_ipmigrate import exception
 from nova_ipmigrate.memfs.control import ControlError
 from nova_ipmigrate.memfs.tree import FsError
-
-F = TypeVar("F", bound=Callable[..., Any])
-_NUMBER = (int, float)
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", dict: "an object",
-             list: "a list", bool: "a boolean"}
-    if set(types) == {int, float}:
-        return "a number"
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _check(method: str, name: str, value: Any, types: tuple[type, ...],
-           optional: bool) -> None:
-    if value is None and optional:
-        return
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if not ok:
-        raise exception.Invalid(
-            f"{method}: argument '{name}' must be {_type_name(types)}"
-            f"{' or null' if optional else ''}, not {type(value).__name__}",
-            reason=f"bad argument {name!r}", method=method, argument=name)
-
-
-def remotable(**types: type | tuple[type, ...]) -> Callable[[F], F]:
-    """An RPC method whose keyword arguments are checked against ``types``.
-
-    Unknown or missing arguments and arguments of the wrong type raise
-    :class:`exception.Invalid` before the method runs; an argument whose
-    default is ``None`` may be ``None``. The method's own
-    :class:`exception.IPMigrateException` are expected ones: the server logs
-    them at debug level only.
-    """
-    def deco(fn: F) -> F:
-        sig = inspect.signature(fn)
-        name = fn.__name__
-
-        @functools.wraps(fn)
-        def wrapper(self: Any, context: Any, **kwargs: Any) -> Any:
-            try:
-                bound = sig.bind(self, context, **kwargs)
-            except TypeError as exc:
-                raise exception.Invalid(f"{name}: {exc}", reason=str(exc),
-                                        method=name) from None
-            for arg, value in bound.arguments.items():
-                if arg in types:
-                    spec = types[arg]
-                    allowed = spec if isinstance(spec, tuple) else (spec,)
-                    _check(name, arg, value, allowed, sig.parameters[arg].default is None)
-            return fn(self, context, **kwargs)
-
-        expected = messaging.expected_exceptions(exception.IPMigrateException)(wrapper)
-        return functools.wraps(fn)(expected)  # type: ignore[return-value]
-
-    return deco
+from nova_ipmigrate.remotable import NUMBER, remotable
 
 
 def _drop_none(**kwargs: Any) -> dict[str, Any]:
@@ -138,7 +80,7 @@ class AgentManager:
     def ops(self, context: Any) -> dict[str, Any]:
         return self._handle("ops", {})
 
-    @remotable(id=str, wait=_NUMBER)
+    @remotable(id=str, wait=NUMBER)
     def op_status(self, context: Any, id: str, wait: float = 0) -> dict[str, Any]:
         """An operation's progress; with ``wait`` > 0, first wait up to that many
         seconds (at most 60) for it to end."""
@@ -158,7 +100,7 @@ class AgentManager:
         return self._handle("split", _drop_none(path=path, resident_limit=resident_limit,
                                                 sub_hosts=sub_hosts, vm=vm))
 
-    @remotable(path=str, source=str, dest=dict, strategy=str, max_rate_mb_s=_NUMBER,
+    @remotable(path=str, source=str, dest=dict, strategy=str, max_rate_mb_s=NUMBER,
                request_id=str)
     def partial_migrate(self, context: Any, path: str, source: str, dest: dict[str, Any],
                         strategy: str = "ipmigrate", max_rate_mb_s: float | None = None,

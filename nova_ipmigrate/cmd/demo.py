@@ -10,7 +10,10 @@ the readahead/THP variants, side by side.
 Several hosts (``--hosts N``): a split-memory instance across lab hosts, and with
 ``--scenario`` the IPmigrate operations on it while it runs (partial migration of
 a sub-host, abort, killed destination, host drain, reintegration), each with a
-progress bar, then the oracle's verdict and the memory maps.
+progress bar, then the oracle's verdict and the memory maps. The lab's control
+plane runs on h1 (RabbitMQ and ``ipmigrate-engine``): the split and every
+operation are requests to the engine (``--no-control-plane``: the agents are
+asked directly, no broker needed).
 """
 
 from __future__ import annotations
@@ -54,13 +57,18 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
         subs = subs or 2
     params = SplitParams(**{**base.__dict__, "workdir": base.workdir / "split"},
                          hosts=hosts_n, link=args.link, split_after_s=args.split_after,
-                         sub_hosts=subs, scenario=body, scenario_after_s=5.0)
+                         sub_hosts=subs, scenario=body, scenario_after_s=5.0,
+                         control_plane=not args.no_control_plane,
+                         substore_mb_by_host=({"h4": 64} if args.scenario == "engine-failures"
+                                              else None))
     how = (f"split {args.split_after:.0f}s after the oracle filled its memory"
            if args.split_after is not None else "booted split")
     nsubs = subs or hosts_n - 1
     print(f"\n== split-memory instance: main host h1 + {nsubs} sub-host(s) of {hosts_n} "
           f"hosts, resident limit {args.limit_pct}%, {how}"
-          + (f", scenario {args.scenario}" if body else ""), flush=True)
+          + (f", scenario {args.scenario}" if body else "")
+          + ("" if args.no_control_plane else "; control plane (RabbitMQ, ipmigrate-engine) "
+             "on h1"), flush=True)
     # While operations run, per-second samples would interleave with their progress bars.
     quiet = args.quiet or body is not None
     try:
@@ -73,6 +81,11 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
     if "scenario" in hosts:
         from nova_ipmigrate.lab.scenario import report
         print(report(hosts["scenario"]))
+    if hosts.get("engine_operations"):
+        from nova_ipmigrate.engine.client import describe
+        print("engine operations:")
+        for op in hosts["engine_operations"]:
+            print("  " + describe(op))
     print("pages by host: " + ", ".join(f"{h} {n}" for h, n in hosts["pages_by_host"].items()))
     print(hosts["memory_view"])
     print("memory map: " + ", ".join(hosts["memory_map"]))
@@ -122,12 +135,18 @@ def parser() -> argparse.ArgumentParser:
                     help="with --hosts: sub-hosts the VM starts with (h2..); the other "
                          "hosts are spares, destinations of part moves")
     ap.add_argument("--scenario", default=None,
-                    choices=["sub-host-moves", "drain-reintegrate", "full"],
+                    choices=["sub-host-moves", "drain-reintegrate", "full",
+                             "engine-failures"],
                     help="run operations while the guest runs (needs 4 hosts: VM on h1, "
                          "split over h2 and h3, h4 spare): sub-host-moves = partial "
                          "migration h2->h4, an abort and a killed destination; "
                          "drain-reintegrate = drain h3, reintegrate onto h1; full = both, "
-                         "with a memory map after each stage")
+                         "with a memory map after each stage; engine-failures = the "
+                         "engine and RabbitMQ killed and restarted under running moves, "
+                         "and bad requests (needs the control plane)")
+    ap.add_argument("--no-control-plane", action="store_true",
+                    help="with --hosts: no RabbitMQ and engine; operations are asked of "
+                         "the agents directly")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where logs and sockets go (default: <state_path>/lab/demo)")
     ap.add_argument("--json", type=Path, default=None, help="write all results as JSON here")

@@ -60,9 +60,13 @@ def parser() -> argparse.ArgumentParser:
     p_boot.add_argument("--sub-hosts", type=int, default=None, metavar="N",
                         help="sub-hosts the VM starts with; the other hosts are spares")
     p_boot.add_argument("--scenario", default=None,
-                        choices=["sub-host-moves", "drain-reintegrate", "full"],
+                        choices=["sub-host-moves", "drain-reintegrate", "full",
+                                 "engine-failures"],
                         help="run part moves while the guest runs, with progress bars "
                              "(see ipmigrate-demo --help; needs 4 hosts)")
+    p_boot.add_argument("--no-control-plane", action="store_true",
+                        help="no RabbitMQ and engine on h1: operations are asked of the "
+                             "agents directly")
     p_exec = sub.add_parser("exec", help="run a command inside a host")
     p_exec.add_argument("host", help="h1, 1 or <prefix>-h1")
     p_exec.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             extra += ["--sub-hosts", str(args.sub_hosts)]
         if args.scenario is not None:
             extra += ["--scenario", args.scenario]
+        if args.no_control_plane:
+            extra.append("--no-control-plane")
         return demo.main([*conf_args, "--hosts", str(args.hosts), "--ram-mb", str(args.ram_mb),
                           "--limit-pct", str(args.limit_pct), "--seconds", str(args.seconds),
                           *extra])

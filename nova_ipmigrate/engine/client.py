@@ -15,6 +15,7 @@ from typing import Any
 from oslo_config import cfg
 
 from nova_ipmigrate import rpc
+from nova_ipmigrate.engine.inventory import TRANSIENT
 from nova_ipmigrate.engine.models import FINAL_STATES
 from nova_ipmigrate.engine.rpcapi import EngineAPI
 
@@ -52,11 +53,20 @@ def abort(api: EngineAPI, op_id: str) -> dict[str, Any]:
 
 
 def wait(api: EngineAPI, op_id: str, timeout: float = 600.0, interval: float = 0.5,
-         on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Poll the operation until it ends; its final dict (TimeoutError past ``timeout``)."""
+         on_progress: Callable[[dict[str, Any]], None] | None = None,
+         ctxt: Any = None) -> dict[str, Any]:
+    """Poll the operation until it ends; its final dict (TimeoutError past ``timeout``).
+    A poll that fails for a reason that may pass (the broker restarting, the engine
+    restarting) is tried again until ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        op = show(api, op_id)
+        try:
+            op = api.show_operation(CTXT if ctxt is None else ctxt, op_id)
+        except TRANSIENT:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(interval)
+            continue
         if on_progress is not None:
             on_progress(op)
         if op["state"] in FINAL_STATES:

@@ -4,7 +4,7 @@ host), free room of the sub-host stores (``agent_stats``), fabric endpoints."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import oslo_messaging as messaging
@@ -40,13 +40,11 @@ class Inventory:
                 f"{what} {host!r} is not a known host (known: {', '.join(self.hosts) or 'none'})",
                 reason=f"unknown host {host!r}")
 
-    def entries(self, hosts: Iterable[str] | None = None
-                ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        """The split VMs the hosts are the main host of, and the hosts that did not
-        answer (host -> why)."""
-        out: list[dict[str, Any]] = []
-        unreachable: dict[str, str] = {}
-        for h in self.hosts if hosts is None else hosts:
+    def _reports(self, hosts: Iterable[str], unreachable: dict[str, str]
+                 ) -> Iterator[dict[str, Any]]:
+        """The split VMs of each host in turn (``main_host`` set); a host that does
+        not answer is recorded in ``unreachable`` (host -> why) and skipped."""
+        for h in hosts:
             try:
                 reply = self.agents.parts(self.ctxt, h)
             except Exception as exc:  # noqa: BLE001 - a host that does not answer
@@ -56,12 +54,21 @@ class Inventory:
             for entry in reply.get("vms", []):
                 entry = dict(entry)
                 entry.setdefault("main_host", h)
-                out.append(entry)
+                yield entry
+
+    def entries(self, hosts: Iterable[str] | None = None
+                ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The split VMs the hosts are the main host of, and the hosts that did not
+        answer (host -> why)."""
+        unreachable: dict[str, str] = {}
+        out = list(self._reports(self.hosts if hosts is None else hosts, unreachable))
         return out, unreachable
 
     def find_vm(self, vm: str) -> dict[str, Any]:
-        entries, unreachable = self.entries()
-        for entry in entries:
+        """The VM's entry from its main host (hosts asked in turn, up to the first that
+        reports it)."""
+        unreachable: dict[str, str] = {}
+        for entry in self._reports(self.hosts, unreachable):
             if str(entry.get("vm")) == vm:
                 return entry
         extra = (f" (hosts that did not answer: {', '.join(sorted(unreachable))})"

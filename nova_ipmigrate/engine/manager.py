@@ -12,6 +12,11 @@ API versions:
 
 * 1.0: partial_migration, reintegration, split, host_drain, list_operations,
   show_operation, abort_operation
+* 1.1: show_vm (a split VM's memory layout: pages per host)
+
+Strategies are the plugins of ``nova_ipmigrate.transfer_strategy`` installed
+where the engine runs (the main host's agent loads the same name; one it lacks
+refuses the start, and the operation ends ``failed`` with its reason).
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from nova_ipmigrate.engine.inventory import Inventory
 from nova_ipmigrate.engine.models import ACTIVE_STATES, KINDS, STATES, Operation, utcnow
 from nova_ipmigrate.engine.notifications import Notifications
 from nova_ipmigrate.engine.worker import reserved_pages
-from nova_ipmigrate.migration.operations import STRATEGIES
+from nova_ipmigrate.migration import strategy as strategies
+from nova_ipmigrate.remotable import remotable
 
-RPC_API_VERSION = "1.0"
+RPC_API_VERSION = "1.1"
+_STRATEGY_NAMES: list[str] = []
 
 
 def _invalid(reason: str) -> exception.Invalid:
@@ -44,9 +51,17 @@ def _str(name: str, value: Any, optional: bool = False) -> None:
         raise _invalid(f"{name} must be a non-empty string, not {value!r}")
 
 
+def strategy_names() -> list[str]:
+    """The transfer strategies installed (loaded once)."""
+    if not _STRATEGY_NAMES:
+        _STRATEGY_NAMES.extend(sorted(strategies.manager().names()))
+    return _STRATEGY_NAMES
+
+
 def _strategy(value: Any) -> None:
-    if value not in STRATEGIES:
-        raise _invalid(f"unknown strategy {value!r} (one of {', '.join(STRATEGIES)})")
+    names = strategy_names()
+    if not isinstance(value, str) or value not in names:
+        raise _invalid(f"unknown strategy {value!r} (one of {', '.join(names)})")
 
 
 def _host_list(name: str, value: Any) -> list[str]:
@@ -95,6 +110,7 @@ class EngineManager:
 
     # -- operations -----------------------------------------------------------------
 
+    @remotable()
     def partial_migration(self, context: Any, vm: str, source_host: str,
                           dest_host: str | None = None, strategy: str = "ipmigrate",
                           max_rate_mb_s: float | None = None) -> dict[str, Any]:
@@ -146,6 +162,7 @@ class EngineManager:
                 params={"pages": pages, "max_rate_mb_s": max_rate_mb_s,
                         "dest_endpoint": endpoint})
 
+    @remotable()
     def reintegration(self, context: Any, vm: str, target_host: str | None = None,
                       strategy: str = "ipmigrate") -> dict[str, Any]:
         _str("vm", vm)
@@ -171,6 +188,7 @@ class EngineManager:
                 dest_host=main, strategy=strategy,
                 params={"sources": sources, "pages": sum(pages[h] for h in sources)})
 
+    @remotable()
     def split(self, context: Any, main_host: str, path: str, vm: str,
               sub_hosts: Sequence[str], resident_limit: int) -> dict[str, Any]:
         _str("main_host", main_host)
@@ -204,6 +222,7 @@ class EngineManager:
                 params={"sub_hosts": hosts, "sub_host_endpoints": endpoints,
                         "resident_limit": resident_limit})
 
+    @remotable()
     def host_drain(self, context: Any, host: str,
                    exclude: Sequence[str] = ()) -> dict[str, Any]:
         _str("host", host)
@@ -222,6 +241,18 @@ class EngineManager:
             return self._create(kind="host_drain", source_host=host,
                                 params={"exclude": excluded})
 
+    @remotable()
+    def show_vm(self, context: Any, vm: str) -> dict[str, Any]:
+        """Where a split VM's memory is: pages per host, as its main host reports."""
+        _str("vm", vm)
+        entry = self.inventory.find_vm(vm)
+        pages = {str(h): int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
+        return {"vm": vm, "main_host": str(entry["main_host"]), "path": entry.get("path"),
+                "pages_by_host": pages, "broken": bool(entry.get("broken")),
+                "active_operations": [op.id for op in self.db.list(
+                    vm=vm, states=ACTIVE_STATES)]}
+
+    @remotable()
     def list_operations(self, context: Any, vm: str | None = None,
                         state: str | None = None) -> list[dict[str, Any]]:
         _str("vm", vm, optional=True)
@@ -230,6 +261,7 @@ class EngineManager:
         return [op.to_dict() for op in self.db.list(
             vm=vm, states=None if state is None else (state,))]
 
+    @remotable()
     def show_operation(self, context: Any, op_id: str) -> dict[str, Any]:
         op = self._get(op_id)
         out = op.to_dict()
@@ -237,6 +269,7 @@ class EngineManager:
             out["children"] = [c.to_dict() for c in self.db.list(parent_id=op.id)]
         return out
 
+    @remotable()
     def abort_operation(self, context: Any, op_id: str) -> dict[str, Any]:
         for _ in range(20):
             op = self._get(op_id)

@@ -4,6 +4,7 @@ API version history (the server side is :mod:`nova_ipmigrate.engine.manager`):
 
 * 1.0: partial_migration, reintegration, split, host_drain, list_operations,
   show_operation, abort_operation
+* 1.1: show_vm
 
 Errors of the engine (``nova_ipmigrate.exception``) come back as the same classes.
 """
@@ -18,7 +19,7 @@ import oslo_messaging as messaging
 from nova_ipmigrate import rpc
 from nova_ipmigrate.engine import TOPIC
 
-VERSION_CAP = "1.0"
+VERSION_CAP = "1.1"
 
 
 class EngineAPI:
@@ -28,8 +29,8 @@ class EngineAPI:
         self.client = rpc.get_client(target, version_cap=VERSION_CAP, transport=transport,
                                      timeout=timeout)
 
-    def _call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
-        return self.client.prepare(version="1.0").call(ctxt, method, **kwargs)
+    def _call(self, ctxt: Any, method: str, version: str = "1.0", **kwargs: Any) -> Any:
+        return self.client.prepare(version=version).call(ctxt, method, **kwargs)
 
     def partial_migration(self, ctxt: Any, vm: str, source_host: str,
                           dest_host: str | None = None, strategy: str = "ipmigrate",
@@ -60,3 +61,6 @@ class EngineAPI:
 
     def abort_operation(self, ctxt: Any, op_id: str) -> dict[str, Any]:
         return self._call(ctxt, "abort_operation", op_id=op_id)
+
+    def show_vm(self, ctxt: Any, vm: str) -> dict[str, Any]:
+        return self._call(ctxt, "show_vm", version="1.1", vm=vm)

@@ -278,6 +278,8 @@ class Worker:
     def _record(self, op: Operation, res: dict[str, Any]) -> None:
         state = str(res.get("state"))
         progress = dict(res.get("progress") or {})
+        if res.get("parts"):
+            progress["parts"] = list(res["parts"])      # per holder
         if state == "running":
             if progress != (op.progress or {}):
                 op = self.db.update(op, progress=progress)

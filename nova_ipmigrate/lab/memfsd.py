@@ -64,6 +64,8 @@ class MemfsDaemon:
                         "control_socket": str(self.socket), **(options or {})}
         #: more [DEFAULT] options (e.g. transport_url)
         self.default_options: dict[str, Any] = {}
+        #: more sections (e.g. oslo_messaging_rabbit), added to :meth:`sections`
+        self.extra_sections: dict[str, dict[str, Any]] = {}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def sections(self) -> dict[str, dict[str, Any]]:
@@ -72,7 +74,7 @@ class MemfsDaemon:
     def write_config(self) -> Path:
         lines = ["[DEFAULT]", f"state_path = {self.workdir}", f"log_file = {self.log}"]
         lines += [f"{k} = {v}" for k, v in self.default_options.items()]
-        for section, opts in self.sections().items():
+        for section, opts in {**self.sections(), **self.extra_sections}.items():
             lines.append(f"[{section}]")
             lines += [f"{k} = {v}" for k, v in opts.items()]
         path = self.workdir / f"{self.name}.conf"

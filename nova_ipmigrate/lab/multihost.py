@@ -25,6 +25,7 @@ from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.guest.image import ensure_guest_image
 from nova_ipmigrate.guest.serial import OracleMonitor
 from nova_ipmigrate.lab import memview
+from nova_ipmigrate.lab.control import ControlPlane, context
 from nova_ipmigrate.lab.hosts import Lab
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from nova_ipmigrate.lab.singlehost import (
@@ -61,6 +62,8 @@ class SplitParams(SingleHostParams):
     lab_prefix: str = "ipm"
     placement_policy: str = "round_robin"
     substore_mb: int = 1024
+    #: sub-host store size of some hosts (lab name -> MiB), the others: ``substore_mb``
+    substore_mb_by_host: dict[str, int] | None = None
     #: split migration: boot as a normal single-host VM (no limit, no sub-hosts) and
     #: split it this many seconds after the oracle filled its memory; None: boot split
     split_after_s: float | None = None
@@ -73,6 +76,9 @@ class SplitParams(SingleHostParams):
     #: thread this many seconds after the oracle filled its memory
     scenario: Callable[[LabContext], dict[str, Any]] | None = None
     scenario_after_s: float = 5.0
+    #: run the control plane (RabbitMQ and ipmigrate-engine on h1) and drive the
+    #: split and every operation through the engine (``lab.control``)
+    control_plane: bool = False
 
 
 @dataclass
@@ -86,6 +92,8 @@ class LabContext:
     workdir: Path
     #: False once the guest stopped (a scenario should not start new operations then)
     running: Callable[[], bool]
+    #: the lab's control plane, when the run has one (operations go through its engine)
+    control: ControlPlane | None = None
 
 
 def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
@@ -103,6 +111,14 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
     with contextlib.ExitStack() as stack:
         stack.callback(lab.down)
         hosts = lab.up(p.hosts, p.link)
+        control: ControlPlane | None = None
+        if p.control_plane:
+            control = ControlPlane(p.workdir / "control", hosts[0],
+                                   [h.hostname for h in hosts])
+            control.start()
+            stack.callback(control.stop)
+            LOG.info("control plane on %s: RabbitMQ %s, engine %s", hosts[0].name,
+                     control.transport_url.rsplit("@", 1)[-1], control.engine.host)
         agents: list[AgentDaemon] = []
         for h in hosts:
             d = AgentDaemon(h.state_dir, h.hostname, key, FABRIC_PORT, h.address,
@@ -111,9 +127,13 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                                    "pin_resident_pages": p.pin_resident_pages,
                                    "reader_threads": 3, "victim_policy": p.victim_policy},
                             agent={"placement_policy": p.placement_policy,
-                                   "substore_mb": p.substore_mb,
+                                   "substore_mb": (p.substore_mb_by_host or {}).get(
+                                       h.name, p.substore_mb),
                                    "fetch_timeout": p.fetch_timeout},
-                            prefix=h.enter_command([], cwd=h.state_dir))
+                            prefix=h.enter_command([], cwd=h.state_dir),
+                            defaults=control.agent_defaults() if control else None)
+            if control is not None:
+                d.extra_sections.update(control.rabbit_sections())
             d.start()
             stack.callback(d.stop)
             agents.append(d)
@@ -124,9 +144,20 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         subs = agents[1:1 + nsubs]
         vm = uuid.uuid4()
 
+        if control is not None:
+            control.wait_agents()
+
         def split() -> dict[str, Any]:
-            return main.call("split", path=RAM_PATH, vm=str(vm), resident_limit=p.limit_bytes,
-                             sub_hosts=[s.sub_host_entry() for s in subs])
+            if control is None:
+                return main.call("split", path=RAM_PATH, vm=str(vm),
+                                 resident_limit=p.limit_bytes,
+                                 sub_hosts=[s.sub_host_entry() for s in subs])
+            op = control.run(control.api.split(
+                context(), main_host=main.host, path=RAM_PATH, vm=str(vm),
+                sub_hosts=[s.host for s in subs], resident_limit=p.limit_bytes), timeout=120)
+            if op["state"] != "done":
+                raise RuntimeError(f"the engine's split ended {op['state']}: {op['fault']}")
+            return op
 
         actions = []
         if p.kill_sub_host_after_s is not None:
@@ -158,7 +189,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         thread: threading.Thread | None = None
         if p.scenario is not None:
             ctx = LabContext({h.name: a for h, a in zip(hosts, agents, strict=True)}, main,
-                             str(vm), RAM_PATH, p.workdir, qemu.alive)
+                             str(vm), RAM_PATH, p.workdir, qemu.alive, control)
             body = p.scenario
 
             def run_scenario() -> None:
@@ -180,16 +211,25 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
             thread.join(300)
             if thread.is_alive():
                 scenario["error"] = TimeoutError("the scenario outlived the guest by 300 s")
+        extra_ops: list[dict[str, Any]] = []
+        if control is not None:
+            try:
+                extra_ops = control.api.list_operations(context())
+            except Exception:  # noqa: BLE001 - the report goes on without them
+                LOG.exception("the engine's operations of %s", vm)
         per_host = {d.host: d.call("agent_stats") for d in agents if d.alive()}
         per_host_pages = {
             h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}
         per_host_pages[main.host] = result.memfs["files"][RAM_PATH]["resident"]
         view = memview.render(main.call("page_map", path=RAM_PATH), p.workdir)
-        extra = {"vm": str(vm), "pages_by_host": per_host_pages,
+        extra: dict[str, Any] = {"vm": str(vm), "pages_by_host": per_host_pages,
                  "fabric": {h: s["fabric"] for h, s in per_host.items()},
                  "memory_view": view,
                  "memory_map": [str(p.workdir / "memory-map.svg"),
                                 str(p.workdir / "memory-map.png")]}
+        if control is not None:
+            extra["engine_operations"] = extra_ops
+            extra["notifications"] = [[t, d] for t, d in control.notifications.events]
         if "error" in scenario:
             raise ScenarioError(result, extra, scenario["error"])
         if "result" in scenario:

@@ -66,7 +66,8 @@ class RabbitMQ:
                  epmd_port: int | None = None, nodename: str | None = None,
                  user: str = "ipmigrate", password: str | None = None,
                  vhost: str = "ipmigrate", prefix: list[str] | None = None,
-                 server: str = SERVER, ctl: str = CTL, epmd: str = EPMD) -> None:
+                 server: str = SERVER, ctl: str = CTL, epmd: str = EPMD,
+                 netns: str | os.PathLike[str] | None = None) -> None:
         self.workdir = Path(workdir)
         #: the address of the AMQP listener (what clients connect to)
         self.node_ip_address = node_ip_address
@@ -79,6 +80,9 @@ class RabbitMQ:
         self.vhost = vhost
         #: command prefix, e.g. to run inside a lab host's namespaces
         self.prefix = list(prefix or [])
+        #: the network namespace the broker runs in (with ``prefix``), for the
+        #: readiness checks of this process; None: this process's
+        self.netns = netns
         self.server, self.ctl, self.epmd = server, ctl, epmd
         self.log = self.workdir / "rabbitmq.out"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -116,10 +120,10 @@ class RabbitMQ:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"),
         })
-        if ":" not in self.node_ip_address and self.node_ip_address != "0.0.0.0":
-            # the distribution port only where the AMQP listener is
-            env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = (
-                f"-kernel inet_dist_use_interface {_erl_tuple(self.node_ip_address)}")
+        # the distribution port (rabbitmqctl's way in) on loopback only: the node is
+        # @localhost, so the CLI connects there, wherever the AMQP listener is
+        env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = (
+            f"-kernel inet_dist_use_interface {_erl_tuple('127.0.0.1')}")
         return env
 
     def config_text(self) -> str:
@@ -222,6 +226,13 @@ class RabbitMQ:
 
     def _port_open(self) -> bool:
         family = socket.AF_INET6 if ":" in self.node_ip_address else socket.AF_INET
+        if self.netns is not None:
+            from nova_ipmigrate.lab import netns
+            try:
+                netns.connect_in(self.netns, (self.node_ip_address, self.port), 0.5).close()
+                return True
+            except OSError:
+                return False
         with socket.socket(family) as s:
             s.settimeout(0.5)
             try:

@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nova_ipmigrate.engine.models import ACTIVE_STATES
+from nova_ipmigrate.lab.control import context
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from nova_ipmigrate.lab.multihost import LabContext
 from nova_ipmigrate.lab.progress import ProgressPrinter
-from nova_ipmigrate.migration.drain import DrainPlan, Part, plan_drain
+from nova_ipmigrate.migration.drain import Part, plan_drain
 
 LOG = logging.getLogger(__name__)
 PAGE = 4096
@@ -34,8 +36,16 @@ class LabOps:
     def __init__(self, ctx: LabContext, progress: ProgressPrinter | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.ctx = ctx
+        self.control = ctx.control
         self.progress = progress or ProgressPrinter()
         self.log = log or (lambda line: print(line, flush=True))
+
+    @property
+    def engine(self) -> Any:
+        """The engine's RPC client (only with the control plane)."""
+        if self.control is None:
+            raise ScenarioFailed("this run has no control plane (no engine)")
+        return self.control.api
 
     # -- hosts ----------------------------------------------------------------------
 
@@ -58,7 +68,11 @@ class LabOps:
         return int(stats["substore"]["vms"].get(self.ctx.vm, 0))
 
     def layout(self) -> dict[str, int]:
-        """Pages of the VM on each host, as the main host's directory says."""
+        """Pages of the VM on each host, as the main host's directory says (through
+        the engine when there is one)."""
+        if self.control is not None:
+            pages = self.engine.show_vm(context(), self.ctx.vm)["pages_by_host"]
+            return {str(h): int(n) for h, n in pages.items()}
         vms = self.ctx.main.call("parts")["vms"]
         for v in vms:
             if v["vm"] == self.ctx.vm:
@@ -75,8 +89,16 @@ class LabOps:
 
     # -- operations -------------------------------------------------------------------
 
-    def start_partial(self, source: str, dest: str, strategy: str = "ipmigrate",
+    def start_partial(self, source: str, dest: str | None, strategy: str = "ipmigrate",
                       max_rate_mb_s: float | None = None) -> dict[str, Any]:
+        """Start moving ``source``'s part to ``dest`` (None: the engine chooses)."""
+        if self.control is not None:
+            return self.engine.partial_migration(
+                context(), self.ctx.vm, self.name(source),
+                dest_host=None if dest is None else self.name(dest), strategy=strategy,
+                max_rate_mb_s=max_rate_mb_s)
+        if dest is None:
+            raise ScenarioFailed("without the engine a destination must be given")
         args: dict[str, Any] = {"path": self.ctx.path, "source": self.name(source),
                                 "dest": self.agent(dest).sub_host_entry(),
                                 "strategy": strategy}
@@ -84,22 +106,42 @@ class LabOps:
             args["max_rate_mb_s"] = max_rate_mb_s
         return self.ctx.main.call("partial_migrate", **args)
 
-    def partial(self, source: str, dest: str, strategy: str = "ipmigrate") -> dict[str, Any]:
+    def partial(self, source: str, dest: str | None,
+                strategy: str = "ipmigrate") -> dict[str, Any]:
         return self.wait(self.start_partial(source, dest, strategy))
 
+    def start_reintegrate(self, strategy: str = "ipmigrate") -> dict[str, Any]:
+        if self.control is not None:
+            return self.engine.reintegration(context(), self.ctx.vm, strategy=strategy)
+        return self.ctx.main.call("reintegrate", path=self.ctx.path, strategy=strategy)
+
     def reintegrate(self, strategy: str = "ipmigrate") -> dict[str, Any]:
-        return self.wait(self.ctx.main.call("reintegrate", path=self.ctx.path,
-                                            strategy=strategy))
+        return self.wait(self.start_reintegrate(strategy))
 
     def status(self, op: dict[str, Any]) -> dict[str, Any]:
+        if self.control is not None:
+            return self.engine.show_operation(context(), op["id"])
         return self.ctx.main.call("op_status", id=op["id"])
 
+    def copied(self, op: dict[str, Any]) -> int:
+        """Pages the operation copied so far (0 while it is queued)."""
+        return int((self.status(op).get("progress") or {}).get("copied", 0))
+
     def abort(self, op: dict[str, Any]) -> dict[str, Any]:
+        if self.control is not None:
+            return self.engine.abort_operation(context(), op["id"])
         return self.ctx.main.call("op_abort", id=op["id"])
 
     def wait(self, op: dict[str, Any], timeout: float = 600.0,
              main: AgentDaemon | None = None) -> dict[str, Any]:
         """Wait for an operation to end, showing its progress."""
+        if self.control is not None:
+            try:
+                return self.control.run(op, timeout, on_progress=self._show)
+            except TimeoutError as exc:
+                self.abort(op)
+                raise ScenarioFailed(f"operation {op['id']} did not end in "
+                                     f"{timeout:.0f}s") from exc
         agent = main or self.ctx.main
         deadline = time.monotonic() + timeout
         cur = op
@@ -112,6 +154,17 @@ class LabOps:
                 agent.call("op_abort", id=op["id"])
                 raise ScenarioFailed(f"operation {op['id']} did not end in {timeout:.0f}s")
 
+    def _show(self, op: dict[str, Any]) -> None:
+        """An engine operation on the progress bar (queued and aborting count as
+        running)."""
+        if op["kind"] == "host_drain":
+            return
+        self.progress.update({
+            "kind": op["kind"], "source": op.get("source_host"),
+            "dest": op.get("dest_host"), "progress": op.get("progress") or {},
+            "fault": op.get("fault"),
+            "state": "running" if op["state"] in ACTIVE_STATES else op["state"]})
+
     def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not cond():
@@ -119,9 +172,21 @@ class LabOps:
                 raise ScenarioFailed(f"timed out waiting for {what}")
             time.sleep(0.05)
 
-    def drain(self, host: str, exclude: tuple[str, ...] = ()) -> tuple[DrainPlan,
-                                                                       list[dict[str, Any]]]:
-        """Move every part the host holds elsewhere; returns the plan and the results."""
+    def drain(self, host: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Move every part the host holds elsewhere: ``{"plan": summary, "complete",
+        "moves", "ops": [each part move's final dict], "op": the engine's drain}``."""
+        if self.control is not None:
+            op = self.engine.host_drain(context(), self.name(host),
+                                        exclude=[self.name(h) for h in exclude])
+            op = self.wait(op)
+            children = self.engine.show_operation(context(), op["id"])["children"]
+            for c in children:
+                self._show(c)
+            pr = op.get("progress") or {}
+            self.log(str(pr.get("plan", "")))
+            return {"plan": pr.get("plan", ""), "moves": len(pr.get("moves", [])),
+                    "complete": op["state"] == "done" and not pr.get("unplaced"),
+                    "ops": children, "op": op}
         drained = self.name(host)
         parts: list[Part] = []
         free: dict[str, int] = {}
@@ -140,7 +205,9 @@ class LabOps:
             op = main.call("partial_migrate", path=m.path, source=m.source,
                            dest=self.agent(m.dest).sub_host_entry())
             started.append((main, op))
-        return plan, [self.wait(op, main=main) for main, op in started]
+        results = [self.wait(op, main=main) for main, op in started]
+        return {"plan": plan.summary(), "moves": len(plan.moves), "complete": plan.complete,
+                "ops": results, "op": None}
 
 
 def _check(cond: bool, message: str) -> None:
@@ -154,6 +221,16 @@ def _done(op: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- scenarios ------------------------------------------------------------------------
+
+
+def _reintegrate_all(ctx: LabContext, ops: LabOps, out: dict[str, Any]) -> dict[str, Any]:
+    """Reintegrate the VM onto its main host; ``out`` with the result and the layout."""
+    op = _done(ops.reintegrate())
+    layout = ops.layout()
+    _check(set(layout) == {ctx.main.host}, f"pages left on sub-hosts: {layout}")
+    out["reintegration"] = op
+    out["layout_after"] = layout
+    return out
 
 
 def sub_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]:
@@ -171,7 +248,7 @@ def sub_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]
     out["partial_migration"] = op
     # An operator abort mid-transfer (the cap keeps the copy slow enough to catch it).
     op = ops.start_partial("h3", "h2", max_rate_mb_s=20)
-    ops.wait_for(lambda: ops.status(op)["progress"]["copied"] > 0, 60, "the copy to start")
+    ops.wait_for(lambda: ops.copied(op) > 0, 60, "the copy to start")
     ops.abort(op)
     op = ops.wait(op)
     _check(op["state"] == "aborted", f"abort ended {op['state']}")
@@ -180,7 +257,7 @@ def sub_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]
     out["abort"] = op
     # The destination's agent dies mid-transfer: the source keeps its part.
     op = ops.start_partial("h3", "h2", max_rate_mb_s=20)
-    ops.wait_for(lambda: ops.status(op)["progress"]["copied"] > 0, 60, "the copy to start")
+    ops.wait_for(lambda: ops.copied(op) > 0, 60, "the copy to start")
     victim = ops.agent("h2")
     os.kill(victim.pid, signal.SIGKILL)
     op = ops.wait(op)
@@ -202,18 +279,158 @@ def drain_and_reintegrate(ctx: LabContext, ops: LabOps | None = None) -> dict[st
     ops = ops or LabOps(ctx)
     out: dict[str, Any] = {"layout_before": ops.layout()}
     exclude = ("h2",) if ops.agent("h2").alive() else ()
-    plan, results = ops.drain("h3", exclude=exclude)
-    _check(bool(plan.moves) and plan.complete, plan.summary())
-    for r in results:
+    drain = ops.drain("h3", exclude=exclude)
+    _check(drain["moves"] > 0 and drain["complete"], str(drain["plan"]))
+    for r in drain["ops"]:
         _done(r)
     _check(ops.held("h3") == 0, "h3 still holds pages after the drain")
-    out["drain"] = {"plan": plan.summary(), "ops": results, "layout": ops.layout()}
-    op = _done(ops.reintegrate())
-    layout = ops.layout()
-    _check(set(layout) == {ctx.main.host}, f"pages left on sub-hosts: {layout}")
-    out["reintegration"] = op
-    out["layout_after"] = layout
+    out["drain"] = {**drain, "layout": ops.layout()}
+    return _reintegrate_all(ctx, ops, out)
+
+
+def _refused(call: Callable[[], Any], cls: type[BaseException], match: str) -> str:
+    """The message of the error ``call`` must raise."""
+    try:
+        call()
+    except cls as exc:
+        msg = str(exc).split("\n", 1)[0]      # without the remote traceback
+        _check(match in msg, f"refused, but {msg!r} does not say {match!r}")
+        return msg
+    except Exception as exc:  # noqa: BLE001 - reported as the scenario's failure
+        raise ScenarioFailed(f"expected {cls.__name__} ({match}), got {exc!r}") from exc
+    raise ScenarioFailed(f"accepted a request that must be refused ({match})")
+
+
+def bad_requests(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]:
+    """Requests the engine must refuse with a clear error, changing nothing."""
+    from nova_ipmigrate import exception
+
+    ops = ops or LabOps(ctx)
+    api, c = ops.engine, context()
+    before_ops = len(api.list_operations(c))
+    before = ops.layout()
+    before_agent_ops = len(ctx.main.call("ops")["ops"])
+    h1, h2, h3, h4 = (ops.name(h) for h in ("h1", "h2", "h3", "h4"))
+    vm = ctx.vm
+    out = {
+        "unknown_vm": _refused(lambda: api.partial_migration(c, "0" * 32, h2),
+                               exception.NotFound, "no known host is the main host"),
+        "unknown_host": _refused(lambda: api.partial_migration(c, vm, "nowhere"),
+                                 exception.Invalid, "not a known host"),
+        "not_holding": _refused(lambda: api.partial_migration(c, vm, h4, dest_host=h2),
+                                exception.Invalid, f"{h4} holds no part"),
+        "main_host_as_source": _refused(lambda: api.partial_migration(c, vm, h1),
+                                        exception.Invalid, "is the main host"),
+        "dest_is_source": _refused(lambda: api.partial_migration(c, vm, h2, dest_host=h2),
+                                   exception.Invalid, "must differ from the source"),
+        "bad_rate": _refused(lambda: api.partial_migration(c, vm, h2, max_rate_mb_s=-1),
+                             exception.Invalid, "max_rate_mb_s"),
+        "bad_strategy": _refused(lambda: api.partial_migration(c, vm, h2, strategy="warp"),
+                                 exception.Invalid, "unknown strategy"),
+        "malformed_rpc": _refused(
+            lambda: api.client.prepare(version="1.0").call(c, "partial_migration", vm=[vm],
+                                                           source_host=h2),
+            exception.Invalid, "vm must be a non-empty string"),
+        "unknown_argument": _refused(
+            lambda: api.client.prepare(version="1.0").call(c, "host_drain", host=h2,
+                                                           force=True),
+            exception.Invalid, "unexpected keyword argument"),
+        "unknown_operation": _refused(lambda: api.show_operation(c, "nope"),
+                                      exception.NotFound, "no operation"),
+        "self_excluded_drain": _refused(lambda: api.host_drain(c, h3, exclude=[h3]),
+                                        exception.Invalid, "cannot be excluded"),
+    }
+    # h4's store is made too small for a part (``substore_mb_by_host``)
+    out["no_capacity"] = _refused(lambda: api.partial_migration(c, vm, h2, dest_host=h4),
+                                  exception.InsufficientCapacity, f"{h4} has room for")
+    _check(len(api.list_operations(c)) == before_ops, "a refused request created an operation")
+    after = ops.layout()
+    # the guest pages all the time: the counts change, the holders must not
+    _check(set(after) == set(before), f"a refused request moved a part: {before} -> {after}")
+    _check(len(ctx.main.call("ops")["ops"]) == before_agent_ops,
+           "a refused request started an operation on the main host's agent")
     return out
+
+
+def engine_failures(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]:
+    """The control plane fails under running part moves (needs the control plane and
+    4 hosts: the VM on h1, parts on h2 and h3, h4 with a store too small for a part):
+
+    * bad requests are refused and change nothing (:func:`bad_requests`);
+    * the engine is killed (``kill -9``) mid-move and restarted: the move resumes
+      (the same agent operation) and completes; a second request for the VM
+      meanwhile is refused (``Conflict``);
+    * an abort, then at once ``kill -9`` of the engine: the restarted engine
+      finishes the rollback (aborted, the source still owns its part);
+    * RabbitMQ is killed and restarted mid-move: the move completes;
+    * the engine is killed mid-move, and the destination's agent dies while it is
+      down: the restarted engine finds the move failed and rolled back (the
+      source owns its part, the dead host nothing);
+    * the VM is reintegrated through the engine at the end.
+    """
+    from nova_ipmigrate import exception
+
+    ops = ops or LabOps(ctx)
+    cp = ctx.control
+    if cp is None:
+        raise ScenarioFailed("engine_failures needs the control plane")
+    out: dict[str, Any] = {"layout_before": ops.layout(), "bad_requests": bad_requests(ctx, ops)}
+
+    def started(op: dict[str, Any]) -> None:
+        ops.wait_for(lambda: ops.copied(op) > 0, 60, "the copy to start")
+
+    # 1. resume after kill -9
+    op = ops.start_partial("h2", "h3", max_rate_mb_s=20)
+    started(op)
+    out["conflict"] = _refused(lambda: ops.start_partial("h3", "h2"), exception.Conflict,
+                               "has an active partial_migration")
+    agent_op = ops.status(op)["agent_op_id"]
+    cp.kill_engine()
+    time.sleep(1.0)
+    cp.start_engine()
+    op = _done(ops.wait(op))
+    _check(op["agent_op_id"] == agent_op, f"the restarted engine started another agent "
+                                          f"operation ({op['agent_op_id']} != {agent_op})")
+    _check(ops.held("h2") == 0, f"h2 holds pages after the resumed move: {ops.layout()}")
+    out["resumed"] = op
+    # 2. abort, engine killed right after: rolled back by the restarted engine
+    op = ops.start_partial("h3", "h2", max_rate_mb_s=20)
+    started(op)
+    ops.abort(op)
+    cp.kill_engine()
+    cp.start_engine()
+    op = ops.wait(op)
+    _check(op["state"] == "aborted", f"abort across an engine restart ended {op['state']}: "
+                                     f"{op.get('fault')}")
+    layout = ops.layout()
+    _check(layout.get(ops.name("h2"), 0) == 0, f"the aborted destination owns pages: {layout}")
+    _check(layout.get(ops.name("h3"), 0) > 0, f"h3 lost its part in the rollback: {layout}")
+    ops.wait_for(lambda: ops.held("h2") == 0, 30, "staged copies to be dropped at h2")
+    out["aborted_across_restart"] = op
+    # 3. RabbitMQ killed and restarted mid-move
+    op = ops.start_partial("h3", "h2", max_rate_mb_s=40)
+    started(op)
+    t0 = time.monotonic()
+    cp.broker.restart(hard=True)
+    out["broker_restart_s"] = round(time.monotonic() - t0, 1)
+    op = _done(ops.wait(op))
+    _check(ops.held("h3") == 0, "h3 still holds pages after its part moved")
+    out["broker_restarted"] = op
+    # 4. engine down; the destination dies meanwhile: failed, rolled back
+    op = ops.start_partial("h2", "h3", max_rate_mb_s=20)
+    started(op)
+    cp.kill_engine()
+    os.kill(ops.agent("h3").pid, signal.SIGKILL)
+    time.sleep(1.0)
+    cp.start_engine()
+    op = ops.wait(op)
+    _check(op["state"] == "failed", f"a move whose destination died ended {op['state']}")
+    layout = ops.layout()
+    _check(layout.get(ops.name("h3"), 0) == 0, f"the dead destination owns pages: {layout}")
+    _check(layout.get(ops.name("h2"), 0) > 0, f"h2 does not own its part: {layout}")
+    out["rolled_back"] = op
+    # 5. everything home
+    return _reintegrate_all(ctx, ops, out)
 
 
 def full(ctx: LabContext) -> dict[str, Any]:
@@ -231,6 +448,7 @@ SCENARIOS: dict[str, Callable[[LabContext], dict[str, Any]]] = {
     "sub-host-moves": sub_host_moves,
     "drain-reintegrate": drain_and_reintegrate,
     "full": full,
+    "engine-failures": engine_failures,
 }
 
 
@@ -240,7 +458,10 @@ def report(result: dict[str, Any]) -> str:
 
     def walk(name: str, node: Any) -> None:
         if isinstance(node, dict) and "kind" in node and "progress" in node:
-            pr = node["progress"]
+            pr = node["progress"] or {}
+            if "elapsed_s" not in pr:      # a host drain, a split: its parts are listed
+                lines.append(f"  {name:42s} {node['state']:8s} {node['kind']}")
+                return
             lines.append(
                 f"  {name:42s} {node['state']:8s} {pr['elapsed_s']:6.2f}s "
                 f"{pr['bytes_total'] / 2**20:7.1f} MiB  re-sent {pr['resent']:6d}  "

@@ -22,15 +22,12 @@ from typing import Any
 
 import oslo_messaging as messaging
 import pytest
-from oslo_config import cfg
 from oslo_context import context as oslo_context
-from oslo_messaging import opts as messaging_opts
 
 from nova_ipmigrate import exception, rpc
 from nova_ipmigrate.agent import rpcapi
-from nova_ipmigrate.conf import agent as agent_conf
 from nova_ipmigrate.fabric import auth
-from nova_ipmigrate.lab import rabbitmq
+from nova_ipmigrate.lab import control, rabbitmq
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from tests.integration.test_agent_remote_paging import _free_port
 
@@ -40,8 +37,7 @@ MIB = 2**20
 RAM = "vm/pc.ram"
 SIZE = 48 * MIB
 #: reconnecting after a broker restart: retry quickly, at most every 2 s
-RABBIT_OPTS = {"rabbit_retry_interval": 1, "rabbit_retry_backoff": 1,
-               "rabbit_interval_max": 2}
+RABBIT_OPTS = control.RABBIT_OPTS
 
 
 class RpcAgentDaemon(AgentDaemon):
@@ -92,15 +88,7 @@ def start_agents(workdir: Path, broker: rabbitmq.RabbitMQ,
 
 @pytest.fixture(scope="module")
 def api(broker: rabbitmq.RabbitMQ) -> Iterator[rpcapi.AgentAPI]:
-    conf = cfg.ConfigOpts()
-    agent_conf.register_opts(conf)
-    rpc.register_opts(conf)
-    for group, opts in messaging_opts.list_opts():
-        if group == "oslo_messaging_rabbit":
-            conf.register_opts(opts, group=group)
-    conf([], project="nova-ipmigrate", default_config_files=[], default_config_dirs=[])
-    for name, value in RABBIT_OPTS.items():
-        conf.set_override(name, value, group="oslo_messaging_rabbit")
+    conf = control.client_conf()      # reconnects quickly, like RABBIT_OPTS
     transport = rpc.get_rpc_transport(conf, url=broker.transport_url)
     try:
         yield rpcapi.AgentAPI(conf, transport=transport, timeout=30)

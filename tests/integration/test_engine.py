@@ -9,8 +9,6 @@ kept running it) and the operation completes.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,9 +22,10 @@ import pytest
 from nova_ipmigrate.agent import rpcapi
 from nova_ipmigrate.engine.rpcapi import EngineAPI
 from nova_ipmigrate.lab import rabbitmq
+from nova_ipmigrate.lab.control import EngineProcess
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from tests.integration import test_agent_rpc as _rpc
-from tests.integration.test_agent_rpc import RABBIT_OPTS, RAM, SIZE, WORKER, _agents, _ctxt
+from tests.integration.test_agent_rpc import RAM, SIZE, WORKER, _agents, _ctxt
 
 # The broker, agents and AgentAPI fixtures of the agent RPC tests.
 broker = _rpc.broker
@@ -38,61 +37,9 @@ HOSTS = ("main", "sub1", "sub2", "spare")
 FINAL = ("done", "failed", "aborted")
 
 
-class EngineProcess:
-    def __init__(self, workdir: Path, broker: rabbitmq.RabbitMQ) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "engine.conf"
-        rabbit = "".join(f"{k} = {v}\n" for k, v in RABBIT_OPTS.items())
-        self.conf.write_text(
-            f"[DEFAULT]\nstate_path = {workdir}\ntransport_url = {broker.transport_url}\n"
-            f"log_file = {workdir}/engine.log\n"
-            f"[engine]\nhost = engine-it\nhosts = {','.join(HOSTS)}\npoll_interval = 0.2\n"
-            f"progress_interval = 1\n[oslo_messaging_rabbit]\n{rabbit}")
-        self.proc: subprocess.Popen[str] | None = None
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "nova_ipmigrate.cmd.engine", "--config-file",
-                str(self.conf), *args]
-
-    def sync(self) -> None:
-        out = subprocess.run(self.command("db", "sync"), capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 0, out.stdout + out.stderr
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "engine engine-it ready" in line:
-                return
-        raise AssertionError(f"the engine exited: {self.log()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-
-    def log(self) -> str:
-        path = self.workdir / "engine.log"
-        return path.read_text()[-4000:] if path.exists() else ""
-
-
 @pytest.fixture
 def engine(workdir: Path, broker: rabbitmq.RabbitMQ) -> Iterator[EngineProcess]:
-    e = EngineProcess(workdir / "engine", broker)
+    e = EngineProcess(workdir / "engine", broker.transport_url, HOSTS, host="engine-it")
     e.sync()
     e.start()
     try:
@@ -138,7 +85,7 @@ def test_partial_migration_through_the_engine_survives_kill_9(
         op = eapi.partial_migration(_ctxt(), vm, "sub1")
         assert op["state"] == "queued" and op["dest_host"] == "sub2", op
         op = _wait_op(eapi, op["id"], lambda o: o["state"] in FINAL, 120, "the first move")
-        assert op["state"] == "done", (op, engine.log())
+        assert op["state"] == "done", (op, engine.tail())
         assert held("sub1") == 0
         # 2. sub2's part to spare, slowly; the engine is killed mid-move and restarted.
         op = eapi.partial_migration(_ctxt(), vm, "sub2", dest_host="spare", max_rate_mb_s=4)
@@ -150,7 +97,7 @@ def test_partial_migration_through_the_engine_survives_kill_9(
         assert api.op_status(_ctxt(), "main", agent_op)["state"] == "running"
         engine.start()
         op = _wait_op(eapi, op["id"], lambda o: o["state"] in FINAL, 180, "the second move")
-        assert op["state"] == "done", (op, engine.log())
+        assert op["state"] == "done", (op, engine.tail())
         assert op["agent_op_id"] == agent_op
         agent_ops = api.ops(_ctxt(), "main")["ops"]
         assert [o["request_id"] for o in agent_ops].count(op["id"]) == 1

@@ -1,12 +1,17 @@
-"""Part moves of a split VM in the lab: 4 hosts, the 512 MiB oracle guest split 3-way.
+"""Part moves of a split VM in the lab: 4 hosts, the 512 MiB oracle guest split 3-way,
+every operation requested of ``ipmigrate-engine`` over a real RabbitMQ.
 
-The guest runs on h1 with h2 and h3 as its sub-hosts (25% resident on h1), h4
-is a spare. While the oracle writes and verifies its memory all the time, the
-scenarios of ``lab/scenario.py`` move parts: h2's part to h4, an operator abort
-mid-transfer, a destination agent killed mid-transfer (``sub_host_moves``);
-then a drain of h3 and the reintegration of the whole VM onto h1
-(``drain_and_reintegrate``). Each step checks where the pages are; the guest
-must end with 0 mismatches.
+The lab's control plane (``lab/control.py``: broker and engine on h1) runs the
+split and every operation. The guest runs on h1 with h2 and h3 as its sub-hosts
+(25% resident on h1), h4 is a spare. While the oracle writes and verifies its
+memory all the time, the scenarios of ``lab/scenario.py`` move parts: h2's
+part to h4, an operator abort mid-transfer, a destination agent killed
+mid-transfer (``sub_host_moves``); a drain of h3 and the reintegration of the
+whole VM onto h1 (``drain_and_reintegrate``); the engine killed and restarted
+mid-move (resumed), an abort across an engine restart and a destination dying
+while the engine is down (rolled back), RabbitMQ killed and restarted mid-move,
+and bad requests (``engine_failures``). Each step checks where the pages are;
+the guest must end with 0 mismatches.
 """
 
 from __future__ import annotations
@@ -18,20 +23,24 @@ from typing import Any
 
 import pytest
 
-from nova_ipmigrate.lab import scenario
+from nova_ipmigrate.lab import rabbitmq, scenario
 from nova_ipmigrate.lab.multihost import SplitParams, run_split
 from tests.integration.conftest import QUICK, cache_dir
 
 pytestmark = pytest.mark.integration
 
 
-def _run(workdir: Path, body: Any) -> tuple[Any, dict[str, Any]]:
+def _run(workdir: Path, body: Any, seconds: int | None = None,
+         **params: Any) -> tuple[Any, dict[str, Any]]:
     if shutil.which("qemu-system-x86_64") is None or shutil.which("nsenter") is None:
         pytest.skip("needs qemu-system-x86_64 and nsenter")
+    if not Path(rabbitmq.SERVER).exists():
+        pytest.skip("rabbitmq-server is not installed (bindep.txt)")
     p = SplitParams(workdir=workdir, cache_dir=cache_dir(), ram_mb=512, resident_limit_pct=25,
-                    seconds=45 if QUICK else 90, hosts=4, sub_hosts=2,
+                    seconds=seconds or (45 if QUICK else 90), hosts=4, sub_hosts=2,
                     lab_prefix=f"ipp{os.getpid() % 10000}", scenario=body,
-                    scenario_after_s=5, fetch_timeout=5, page_store_mb=1024)
+                    scenario_after_s=5, fetch_timeout=5, page_store_mb=1024,
+                    control_plane=True, **params)
     r, extra = run_split(p)
     print(r.summary(), extra["pages_by_host"], extra.get("scenario"))
     assert r.ok, r.verdict
@@ -57,4 +66,40 @@ def test_drain_and_reintegration_onto_the_main_host(workdir: Path) -> None:
     s = extra["scenario"]
     assert s["drain"]["ops"] and all(o["state"] == "done" for o in s["drain"]["ops"])
     assert s["reintegration"]["state"] == "done"
-    assert len(s["reintegration"]["parts"]) == 2, "both remaining parts came home in parallel"
+    parts = s["reintegration"]["progress"]["parts"]
+    assert len(parts) == 2, "both remaining parts came home in parallel"
+    # the drain went through the engine: one host_drain with its part moves as children
+    drains = [o for o in extra["engine_operations"] if o["kind"] == "host_drain"]
+    assert len(drains) == 1 and drains[0]["state"] == "done"
+    assert {c["parent_id"] for c in s["drain"]["ops"]} == {drains[0]["id"]}
+    # every operation was announced over oslo.messaging notifications, start to end
+    for op in extra["engine_operations"]:
+        events = [t for t, d in extra["notifications"] if d["id"] == op["id"]]
+        assert events[0] == "ipmigrate.operation.start", (op["kind"], events)
+        assert events[-1] == "ipmigrate.operation.end", (op["kind"], events)
+    moves = [op for op in extra["engine_operations"] if op["kind"] == "reintegration"]
+    assert any(t == "ipmigrate.operation.progress" and d["id"] == moves[0]["id"]
+               for t, d in extra["notifications"]) or \
+        moves[0]["progress"]["elapsed_s"] < 1.0, "no progress notification of a long move"
+
+
+def test_engine_and_broker_failures_under_running_moves(workdir: Path) -> None:
+    _r, extra = _run(workdir, scenario.engine_failures, seconds=100 if QUICK else 150,
+                     substore_mb_by_host={"h4": 64})
+    s = extra["scenario"]
+    print({k: v for k, v in s.items() if k == "bad_requests" or k.endswith("_s")})
+    assert set(s["bad_requests"]) >= {"unknown_vm", "not_holding", "dest_is_source",
+                                      "no_capacity", "malformed_rpc"}
+    assert s["resumed"]["state"] == "done"
+    assert s["aborted_across_restart"]["state"] == "aborted"
+    assert s["broker_restarted"]["state"] == "done"
+    assert s["rolled_back"]["state"] == "failed"
+    assert s["reintegration"]["state"] == "done"
+    # every request the engine accepted ended; nothing is left active
+    assert all(o["state"] in ("done", "failed", "aborted") for o in extra["engine_operations"])
+    # the notifications of each ending, also those sent by a restarted engine; the
+    # broker restart may lose notifications in flight (they are not persistent)
+    last = {d["id"]: t for t, d in extra["notifications"]}
+    assert last.get(s["aborted_across_restart"]["id"]) == "ipmigrate.operation.abort"
+    assert last.get(s["rolled_back"]["id"]) == "ipmigrate.operation.error"
+    assert last.get(s["resumed"]["id"]) == "ipmigrate.operation.end"

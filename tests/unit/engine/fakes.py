@@ -11,6 +11,7 @@ from typing import Any
 import oslo_messaging as messaging
 from oslo_config import cfg
 from oslo_messaging.notify import _impl_test
+from oslo_messaging.rpc.dispatcher import ExpectedException
 
 from nova_ipmigrate import exception, rpc
 from nova_ipmigrate.conf import engine as engine_conf
@@ -20,6 +21,27 @@ from nova_ipmigrate.engine.inventory import Inventory
 from nova_ipmigrate.engine.manager import EngineManager
 from nova_ipmigrate.engine.notifications import Notifications
 from nova_ipmigrate.engine.worker import Worker
+
+
+class Direct:
+    """An RPC endpoint called as the dispatcher would, but raising the endpoint's own
+    exceptions (the dispatcher unwraps ``ExpectedException`` the same way)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.endpoint, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except ExpectedException as exc:
+                raise exc.exc_info[1] from None
+        return call
+
 
 #: methods that change something on an agent
 MUTATING = ("split", "partial_migrate", "reintegrate", "op_abort")
@@ -258,7 +280,7 @@ class Engine:
         self.worker = Worker(self.db, agents, self.inventory, self.notifications,
                              max_ops_per_host=max_ops_per_host,
                              max_ops_per_link=max_ops_per_link, poll_interval=0.01)
-        self.manager = EngineManager(self.db, self.inventory, self.notifications)
+        self.manager = Direct(EngineManager(self.db, self.inventory, self.notifications))
 
     def run(self, op_id: str, ticks: int = 100) -> dict[str, Any]:
         """Tick until the operation ends; its final dict."""

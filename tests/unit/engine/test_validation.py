@@ -158,3 +158,32 @@ def test_accepted_request_is_queued(engine: Engine, agents: FakeAgents) -> None:
     assert engine.manager.show_operation({}, op_id=op["id"])["id"] == op["id"]
     assert [o["id"] for o in engine.manager.list_operations({}, vm="vm1")] == [op["id"]]
     assert engine.manager.list_operations({}, state="done") == []
+
+
+def test_show_vm_reports_the_layout_and_active_operations(engine: Engine,
+                                                            agents: FakeAgents) -> None:
+    vm = engine.manager.show_vm({}, vm="vm1")
+    assert vm["main_host"] == "h1" and vm["broken"] is False
+    assert vm["pages_by_host"] == {str(h): int(n) for h, n in
+                                   agents.vms["vm1"]["pages_by_host"].items()}
+    assert vm["active_operations"] == []
+    op = engine.manager.partial_migration({}, vm="vm1", source_host="h2", dest_host="h4")
+    assert engine.manager.show_vm({}, vm="vm1")["active_operations"] == [op["id"]]
+    with pytest.raises(exception.NotFound, match="no known host"):
+        engine.manager.show_vm({}, vm="nope")
+    with pytest.raises(exception.Invalid, match="non-empty string"):
+        engine.manager.show_vm({}, vm=None)
+
+
+def test_strategies_are_the_installed_plugins(engine: Engine, agents: FakeAgents,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from nova_ipmigrate.engine import manager as manager_mod
+
+    assert {"ipmigrate", "naive"} <= set(manager_mod.strategy_names())
+    # a third-party strategy installed next to the engine is accepted by name
+    monkeypatch.setattr(manager_mod, "_STRATEGY_NAMES", ["ipmigrate", "naive", "zstd4"])
+    op = engine.manager.partial_migration({}, vm="vm1", source_host="h2", dest_host="h4",
+                                          strategy="zstd4")
+    assert op["strategy"] == "zstd4"
+    with pytest.raises(exception.Invalid, match="one of ipmigrate, naive, zstd4"):
+        engine.manager.reintegration({}, vm="vm2", strategy=["zstd4"])
