@@ -80,8 +80,12 @@ def describe(op: dict[str, Any]) -> str:
     """One line for an operation."""
     pr = op.get("progress") or {}
     done, total = int(pr.get("pages_done", 0)), int(pr.get("pages_total", 0))
-    where = (f"{op.get('source_host')} -> {op.get('dest_host')}"
-             if op.get("source_host") else f"-> {op.get('dest_host') or op.get('main_host')}")
+    if op.get("kind") == "host_drain":
+        where = f"of {op.get('source_host')}"
+    elif op.get("source_host"):
+        where = f"{op.get('source_host')} -> {op.get('dest_host')}"
+    else:
+        where = f"-> {op.get('dest_host') or op.get('main_host')}"
     line = (f"{op['id']} {op['kind']} {op.get('vm') or ''} {where} {op['state']}"
             f" ({op.get('step')}) {done}/{total} pages")
     return line + (f": {op['fault']}" if op.get("fault") else "")

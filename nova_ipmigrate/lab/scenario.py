@@ -155,9 +155,9 @@ class LabOps:
                 raise ScenarioFailed(f"operation {op['id']} did not end in {timeout:.0f}s")
 
     def _show(self, op: dict[str, Any]) -> None:
-        """An engine operation on the progress bar (queued and aborting count as
-        running)."""
-        if op["kind"] == "host_drain":
+        """An engine operation on the progress bar (from when it starts; aborting
+        counts as running)."""
+        if op["kind"] == "host_drain" or op["state"] == "queued":
             return
         self.progress.update({
             "kind": op["kind"], "source": op.get("source_host"),
