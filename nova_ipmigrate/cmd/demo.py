@@ -58,7 +58,7 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
     params = SplitParams(**{**base.__dict__, "workdir": base.workdir / "split"},
                          hosts=hosts_n, link=args.link, split_after_s=args.split_after,
                          sub_hosts=subs, scenario=body, scenario_after_s=5.0,
-                         control_plane=not args.no_control_plane,
+                         control_plane=not args.no_control_plane, libvirt=args.libvirt,
                          substore_mb_by_host=({"h4": 64} if args.scenario == "engine-failures"
                                               else None))
     how = (f"split {args.split_after:.0f}s after the oracle filled its memory"
@@ -68,7 +68,8 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
           f"hosts, resident limit {args.limit_pct}%, {how}"
           + (f", scenario {args.scenario}" if body else "")
           + ("" if args.no_control_plane else "; control plane (RabbitMQ, ipmigrate-engine) "
-             "on h1"), flush=True)
+             "on h1")
+          + ("; the guest is a libvirt domain" if args.libvirt else ""), flush=True)
     # While operations run, per-second samples would interleave with their progress bars.
     quiet = args.quiet or body is not None
     try:
@@ -144,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
                          "with a memory map after each stage; engine-failures = the "
                          "engine and RabbitMQ killed and restarted under running moves, "
                          "and bad requests (needs the control plane)")
+    ap.add_argument("--libvirt", action="store_true",
+                    help="with --hosts: run the guest as a libvirt domain of a libvirtd "
+                         "inside h1 (its RAM a shared file on h1's memfs) instead of a "
+                         "QEMU started directly")
     ap.add_argument("--no-control-plane", action="store_true",
                     help="with --hosts: no RabbitMQ and engine; operations are asked of "
                          "the agents directly")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import uuid
@@ -27,6 +28,7 @@ from nova_ipmigrate.guest.serial import OracleMonitor
 from nova_ipmigrate.lab import memview
 from nova_ipmigrate.lab.control import ControlPlane, context
 from nova_ipmigrate.lab.hosts import Lab
+from nova_ipmigrate.lab.libvirt import LabLibvirtd, LibvirtGuest, domain_xml
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from nova_ipmigrate.lab.singlehost import (
     MIB,
@@ -79,6 +81,9 @@ class SplitParams(SingleHostParams):
     #: run the control plane (RabbitMQ and ipmigrate-engine on h1) and drive the
     #: split and every operation through the engine (``lab.control``)
     control_plane: bool = False
+    #: run the guest as a libvirt domain of a libvirtd inside h1 (``lab.libvirt``)
+    #: instead of a QEMU started directly
+    libvirt: bool = False
 
 
 @dataclass
@@ -176,15 +181,33 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         stack.callback(memcg.destroy)
         serial = p.workdir / "serial.log"
         serial.unlink(missing_ok=True)
-        qemu = QemuProcess(QemuConfig(
-            ram_mb=p.ram_mb, ram_path=main.mountpoint / RAM_PATH, kernel=image.kernel,
-            initrd=image.initrd,
-            append=p.cmdline(),
-            serial_log=serial, qmp_socket=p.workdir / "qmp.sock", accel=p.accel,
-            block_thp_readahead=p.block_thp_readahead, shim_path=shim, memcg=memcg,
-            qemu_binary=p.qemu_binary, wrapper=hosts[0].enter_command([])))
+        qemu: QemuProcess | LibvirtGuest
+        if p.libvirt:
+            libvirtd = LabLibvirtd(hosts[0], main.mountpoint)
+            libvirtd.start()
+            stack.callback(libvirtd.stop)
+            qmp = p.workdir / "qmp.sock"
+            emulator = shutil.which(p.qemu_binary) or p.qemu_binary
+            qemu = LibvirtGuest(libvirtd, domain_xml(
+                "oracle", p.ram_mb, image.kernel, image.initrd, p.cmdline(), serial, qmp,
+                emulator=emulator, accel=p.accel,
+                preload=str(shim) if p.block_thp_readahead and shim else None),
+                "oracle", main.mountpoint / RAM_PATH, qmp, memcg=memcg)
+        else:
+            qemu = QemuProcess(QemuConfig(
+                ram_mb=p.ram_mb, ram_path=main.mountpoint / RAM_PATH, kernel=image.kernel,
+                initrd=image.initrd,
+                append=p.cmdline(),
+                serial_log=serial, qmp_socket=p.workdir / "qmp.sock", accel=p.accel,
+                block_thp_readahead=p.block_thp_readahead, shim_path=shim, memcg=memcg,
+                qemu_binary=p.qemu_binary, wrapper=hosts[0].enter_command([])))
         qemu.start()
         stack.callback(qemu.stop)
+        guest_info: dict[str, Any] = {}
+        if isinstance(qemu, LibvirtGuest):
+            guest_info = {"libvirt_domain": qemu.name, "qemu_pid": qemu.pid,
+                          "qemu_cmdline": qemu.cmdline(),
+                          "host_uuid": qemu.libvirtd.reported_host_uuid()}
         scenario: dict[str, Any] = {}
         thread: threading.Thread | None = None
         if p.scenario is not None:
@@ -227,6 +250,8 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                  "memory_view": view,
                  "memory_map": [str(p.workdir / "memory-map.svg"),
                                 str(p.workdir / "memory-map.png")]}
+        if guest_info:
+            extra["guest"] = guest_info
         if control is not None:
             extra["engine_operations"] = extra_ops
             extra["notifications"] = [[t, d] for t, d in control.notifications.events]

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nova_ipmigrate.guest.image import ensure_guest_image, kernel_cmdline
 from nova_ipmigrate.guest.serial import OracleMonitor
@@ -185,7 +185,17 @@ def _file_stats(stats: dict[str, Any]) -> dict[str, Any]:
 Action = tuple[float, str, Callable[[], dict[str, Any]]]
 
 
-def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: QemuProcess, memcg: MemoryCgroup,
+class Guest(Protocol):
+    """What a run watches of its guest: a QemuProcess, or a lab libvirt domain."""
+
+    def alive(self) -> bool: ...
+
+    def ram_mapping_rss_kb(self) -> int: ...
+
+    def wait(self, timeout: float | None = None) -> int | None: ...
+
+
+def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: Guest, memcg: MemoryCgroup,
              oracle: OracleMonitor, on_sample: Callable[[Sample], None] | None,
              actions: list[Action] | None = None) -> RunResult:
     t0 = time.monotonic()

@@ -248,6 +248,7 @@ class MemFS:
                 if not node.is_dir:
                     raise FsError(errno.ENOTDIR, f"{name} is not a directory")
             f = tree.add(node, parts[-1], 0o100600, 0, 0)
+            f.pinned = True
             f.ram = RamFile(f.nodeid, self.store)
             f.ram.victim_policy = self.victim_algorithm
             f.ram.resize(size)

@@ -277,8 +277,11 @@ class FuseSession:
         (name,) = req.names(0, 1)
         with self.tree.lock:
             parent = self.tree.dir(req.nodeid)
-            if self.tree.child(parent, name).is_dir:
+            node = self.tree.child(parent, name)
+            if node.is_dir:
                 raise FsError(errno.EISDIR)
+            if node.pinned:
+                raise FsError(errno.EBUSY, "a RAM file managed by the agent")
             self.tree.detach(parent, name)
         return [P.out_header(req.unique, 0)]
 

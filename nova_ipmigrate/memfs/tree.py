@@ -44,6 +44,11 @@ class Inode:
     mtime: float = field(default_factory=time.time)
     ctime: float = field(default_factory=time.time)
     ram: RamFile | None = None
+    #: a RAM file prepared by the agent (control ``create``): its pages may be on
+    #: other hosts, so only the agent may remove or replace it (unlink and rename
+    #: through the mount get EBUSY, e.g. libvirt's removal of a stopped domain's
+    #: memory directory)
+    pinned: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -129,6 +134,8 @@ class Tree:
         target = newparent.children.get(newname)
         if target is node:
             return
+        if node.pinned or (target is not None and target.pinned):
+            raise FsError(errno.EBUSY, "a RAM file managed by the agent")
         ancestor: Inode | None = newparent
         while ancestor is not None:
             if ancestor is node:

@@ -8,6 +8,7 @@ control requests, and shutdowns that must not leave a hung mount.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -179,3 +180,23 @@ def test_killed_daemon_leaves_no_hung_mount(workdir: Path) -> None:
         assert rc != 0, "the user must fail, not hang"
         force_unmount(d.mountpoint)
         assert not _mounted(d.mountpoint)
+
+
+def test_a_ram_file_of_the_agent_survives_libvirts_cleanup(workdir: Path) -> None:
+    """libvirt removes a stopped domain's memory directory (``rm -r``); a RAM file the
+    agent prepared (its pages may be elsewhere) must survive it: EBUSY."""
+    with MemfsDaemon(workdir) as d:
+        d.call("create", path="libvirt/qemu/1-oracle/pc.ram", size=4 * MIB, resident_limit=0)
+        ram = d.mountpoint / "libvirt/qemu/1-oracle/pc.ram"
+        fd = os.open(ram, os.O_RDWR)
+        os.pwrite(fd, b"y" * 4096, 0)
+        os.close(fd)
+        rm = subprocess.run(["rm", "-r", str(ram.parent)], capture_output=True, text=True)
+        assert rm.returncode != 0 and "busy" in rm.stderr.lower(), rm.stderr
+        with pytest.raises(OSError) as exc:
+            os.rename(ram, ram.with_name("other"))
+        assert exc.value.errno == errno.EBUSY
+        assert os.listdir(ram.parent) == ["pc.ram"]
+        with open(ram, "rb") as f:
+            assert f.read(4096) == b"y" * 4096
+        assert "libvirt/qemu/1-oracle/pc.ram" in d.stats()["files"]

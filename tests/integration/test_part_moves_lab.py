@@ -10,8 +10,9 @@ mid-transfer (``sub_host_moves``); a drain of h3 and the reintegration of the
 whole VM onto h1 (``drain_and_reintegrate``); the engine killed and restarted
 mid-move (resumed), an abort across an engine restart and a destination dying
 while the engine is down (rolled back), RabbitMQ killed and restarted mid-move,
-and bad requests (``engine_failures``). Each step checks where the pages are;
-the guest must end with 0 mismatches.
+and bad requests (``engine_failures``). The drain test runs the guest as a libvirt
+domain (libvirtd inside h1). Each step checks where the pages are; the guest must
+end with 0 mismatches.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from typing import Any
 
 import pytest
 
-from nova_ipmigrate.lab import rabbitmq, scenario
+from nova_ipmigrate.lab import libvirt, rabbitmq, scenario
 from nova_ipmigrate.lab.multihost import SplitParams, run_split
+from nova_ipmigrate.lab.singlehost import RAM_PATH
 from tests.integration.conftest import QUICK, cache_dir
 
 pytestmark = pytest.mark.integration
+
+
+def _prefix() -> str:
+    return f"ipp{os.getpid() % 10000}"
 
 
 def _run(workdir: Path, body: Any, seconds: int | None = None,
@@ -38,14 +44,14 @@ def _run(workdir: Path, body: Any, seconds: int | None = None,
         pytest.skip("rabbitmq-server is not installed (bindep.txt)")
     p = SplitParams(workdir=workdir, cache_dir=cache_dir(), ram_mb=512, resident_limit_pct=25,
                     seconds=seconds or (45 if QUICK else 90), hosts=4, sub_hosts=2,
-                    lab_prefix=f"ipp{os.getpid() % 10000}", scenario=body,
+                    lab_prefix=_prefix(), scenario=body,
                     scenario_after_s=5, fetch_timeout=5, page_store_mb=1024,
                     control_plane=True, **params)
     r, extra = run_split(p)
     print(r.summary(), extra["pages_by_host"], extra.get("scenario"))
     assert r.ok, r.verdict
     assert r.mismatches == 0 and r.verified > 10_000
-    f = r.memfs["files"]["libvirt/qemu/1-oracle/pc.ram"]
+    f = r.memfs["files"][RAM_PATH]
     assert f["lost"] == 0 and not f["broken"], f
     return r, extra
 
@@ -62,7 +68,17 @@ def test_sub_host_partial_migration_abort_and_killed_destination(workdir: Path) 
 
 
 def test_drain_and_reintegration_onto_the_main_host(workdir: Path) -> None:
-    _r, extra = _run(workdir, scenario.drain_and_reintegrate)
+    """This one runs the guest as a libvirt domain of a libvirtd inside h1
+    (``lab/libvirt.py``), its RAM a shared file on h1's memfs."""
+    if not libvirt.available():
+        pytest.skip("needs libvirt-daemon-system (bindep.txt)")
+    r, extra = _run(workdir, scenario.drain_and_reintegrate, libvirt=True)
+    g = extra["guest"]
+    backend = next(a for a in g["qemu_cmdline"] if '"memory-backend-file"' in a)
+    assert '"share":true' in backend and f'/{RAM_PATH}"' in backend, backend
+    assert g["host_uuid"] == libvirt.host_uuid(f"{_prefix()}-h1")
+    f = r.memfs["files"][RAM_PATH]
+    assert r.page_ins_per_s > 100 and f["remote_page_ins"] > 1000, f
     s = extra["scenario"]
     assert s["drain"]["ops"] and all(o["state"] == "done" for o in s["drain"]["ops"])
     assert s["reintegration"]["state"] == "done"
