@@ -337,20 +337,20 @@ class ControlPlane:
         finally:
             listener, self._listener = self._listener, None
             if listener is not None:
-                _bounded(listener.stop)
-                _bounded(listener.wait)
-                _bounded(self._ntransport.cleanup)
+                bounded(listener.stop)
+                bounded(listener.wait)
+                bounded(self._ntransport.cleanup)
             transport, self._transport, self._api = self._transport, None, None
             self._agents = None
             if transport is not None:
-                _bounded(transport.cleanup)
+                bounded(transport.cleanup)
             if self.forward is not None:
                 self.forward.close()
                 self.forward = None
             self.broker.stop()
 
 
-def _bounded(fn: Any, timeout: float = 30.0) -> None:
+def bounded(fn: Any, timeout: float = 30.0) -> None:
     """``fn()`` in a thread, waited for at most ``timeout`` seconds (with the broker
     gone, oslo.messaging's drivers retry for ever)."""
     t = threading.Thread(target=fn, daemon=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 #: CI sets IPMIGRATE_QUICK=1: shorter runs where the issue allows it
 QUICK = os.environ.get("IPMIGRATE_QUICK", "0") == "1"
+#: a guest stand-in: maps a RAM file, writes and verifies its pages (``mmap_worker.py``)
+WORKER = Path(__file__).with_name("mmap_worker.py")
+
+
+def start_worker(path: Path, size: int, seconds: float) -> subprocess.Popen[str]:
+    """The guest stand-in on ``path`` for ``seconds``; it prints ``mismatches N``."""
+    return subprocess.Popen([sys.executable, str(WORKER), str(path), str(size), str(seconds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def mmap_worker(path: Path, size: int, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """:func:`start_worker`, killed on the way out if it still runs."""
+    w = start_worker(path, size, seconds)
+    try:
+        yield w
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
 
 
 def cache_dir() -> Path:

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ import pytest
 
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.lab.memfsd import AgentDaemon
+from tests.integration.conftest import start_worker
 
 pytestmark = pytest.mark.integration
-WORKER = Path(__file__).with_name("mmap_worker.py")
 MIB = 2**20
 RAM = "vm/pc.ram"
 
@@ -60,8 +59,7 @@ def agents(workdir: Path, key: Path) -> Iterator[dict[str, AgentDaemon]]:
 
 
 def _worker(path: Path, size: int, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(path), str(size), str(seconds)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_worker(path, size, seconds)
 
 
 def _split(main: AgentDaemon, subs: list[AgentDaemon], size: int) -> uuid.UUID:

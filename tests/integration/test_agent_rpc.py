@@ -10,10 +10,8 @@ restart between two calls that the clients and the agents' servers both survive.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,10 +27,10 @@ from nova_ipmigrate.agent import rpcapi
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.lab import control, rabbitmq
 from nova_ipmigrate.lab.memfsd import AgentDaemon
+from tests.integration.conftest import mmap_worker
 from tests.integration.test_agent_remote_paging import _free_port
 
 pytestmark = pytest.mark.integration
-WORKER = Path(__file__).with_name("mmap_worker.py")
 MIB = 2**20
 RAM = "vm/pc.ram"
 SIZE = 48 * MIB
@@ -94,9 +92,7 @@ def api(broker: rabbitmq.RabbitMQ) -> Iterator[rpcapi.AgentAPI]:
         yield rpcapi.AgentAPI(conf, transport=transport, timeout=30)
     finally:
         # bounded: with the broker gone (a failed test) the driver would retry forever
-        t = threading.Thread(target=transport.cleanup, daemon=True)
-        t.start()
-        t.join(30)
+        control.bounded(transport.cleanup)
 
 
 def _ctxt() -> oslo_context.RequestContext:
@@ -184,9 +180,7 @@ def test_partial_migration_over_rpc(start_agents: Callable[..., dict[str, AgentD
     def held(host: str) -> int:
         return int(api.agent_stats(_ctxt(), host)["substore"]["vms"].get(str(vm), 0))
 
-    w = subprocess.Popen([sys.executable, str(WORKER), str(main.mountpoint / RAM), str(SIZE),
-                          "25"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with mmap_worker(main.mountpoint / RAM, SIZE, 25) as w:
         deadline = time.monotonic() + 60
         while not (held("sub1") > 2000 and held("sub2") > 2000):
             assert time.monotonic() < deadline, "no pages on the sub-hosts"
@@ -217,10 +211,6 @@ def test_partial_migration_over_rpc(start_agents: Callable[..., dict[str, AgentD
                 break
             assert time.monotonic() < deadline, by_host
             time.sleep(0.2)
-    finally:
-        if w.poll() is None:
-            w.kill()
-            w.wait()
     assert w.returncode == 0 and "mismatches 0" in out, out
     f = api.stats(_ctxt(), "main")["stats"]["files"][RAM]
     assert f["lost"] == 0 and not f["broken"], f

@@ -9,8 +9,6 @@ kept running it) and the operation completes.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +23,8 @@ from nova_ipmigrate.lab import rabbitmq
 from nova_ipmigrate.lab.control import EngineProcess
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from tests.integration import test_agent_rpc as _rpc
-from tests.integration.test_agent_rpc import RAM, SIZE, WORKER, _agents, _ctxt
+from tests.integration.conftest import mmap_worker
+from tests.integration.test_agent_rpc import RAM, SIZE, _agents, _ctxt
 
 # The broker, agents and AgentAPI fixtures of the agent RPC tests.
 broker = _rpc.broker
@@ -73,9 +72,7 @@ def test_partial_migration_through_the_engine_survives_kill_9(
     def held(host: str) -> int:
         return int(api.agent_stats(_ctxt(), host)["substore"]["vms"].get(vm, 0))
 
-    w = subprocess.Popen([sys.executable, str(WORKER), str(main.mountpoint / RAM), str(SIZE),
-                          "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with mmap_worker(main.mountpoint / RAM, SIZE, 60) as w:
         deadline = time.monotonic() + 60
         while not (held("sub1") > 2000 and held("sub2") > 2000):
             assert time.monotonic() < deadline, "no pages on the sub-hosts"
@@ -104,9 +101,5 @@ def test_partial_migration_through_the_engine_survives_kill_9(
         assert held("sub2") == 0
         assert sorted(api.parts(_ctxt(), "main")["vms"][0]["holders"]) == ["spare"]
         out, _ = w.communicate(timeout=240)
-    finally:
-        if w.poll() is None:
-            w.kill()
-            w.wait()
     assert w.returncode == 0 and "mismatches 0" in out, out
     assert engine.stop() == 0

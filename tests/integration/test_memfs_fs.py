@@ -12,7 +12,6 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,9 @@ import pytest
 from nova_ipmigrate.lab.memfsd import MemfsDaemon, force_unmount
 from nova_ipmigrate.memfs.control import ControlError
 from nova_ipmigrate.qemu.memcg import MemoryCgroup
+from tests.integration.conftest import start_worker
 
 pytestmark = pytest.mark.integration
-WORKER = Path(__file__).with_name("mmap_worker.py")
 MIB = 2**20
 
 
@@ -39,8 +38,7 @@ def _file(daemon: MemfsDaemon, path: str) -> dict:
 
 
 def _worker(path: Path, size: int, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(path), str(size), str(seconds)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_worker(path, size, seconds)
 
 
 def test_libvirt_layout_and_namespace_operations(workdir: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,10 +26,10 @@ import pytest
 
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.lab.memfsd import AgentDaemon
+from tests.integration.conftest import start_worker
 from tests.integration.test_agent_remote_paging import _free_port
 
 pytestmark = pytest.mark.integration
-WORKER = Path(__file__).with_name("mmap_worker.py")
 MIB = 2**20
 RAM = "vm/pc.ram"
 SIZE = 48 * MIB
@@ -62,8 +61,7 @@ def _split(main: AgentDaemon, subs: list[AgentDaemon]) -> uuid.UUID:
 
 
 def _worker(path: Path, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(WORKER), str(path), str(SIZE), str(seconds)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_worker(path, SIZE, seconds)
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:

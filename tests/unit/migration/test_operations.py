@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -120,21 +120,6 @@ class World:
                 self.ram, memoryview(bytearray(8 * PAGE_SIZE))), done.set()))
             t.start()
             assert done.wait(5)
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def world(cluster: Cluster) -> Iterator[World]:
-    w = World(cluster)
-    w.start_pusher()
-    yield w
-    w.close()
 
 
 def _unused_port() -> int:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from stevedore import extension
 
@@ -39,21 +37,6 @@ def _manager(**plugins: type) -> extension.ExtensionManager:
 
 def _ops(**kw: object) -> Operations:
     return Operations(MAIN, None, None, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def world(cluster: Cluster) -> Iterator[World]:
-    w = World(cluster)
-    w.start_pusher()
-    yield w
-    w.close()
 
 
 def test_the_builtins_are_installed_plugins() -> None:

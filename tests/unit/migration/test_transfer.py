@@ -16,7 +16,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,13 +119,6 @@ class Cluster:
             return dict(zip(got, data, strict=True))
 
         return LocalStaging(take, store.drop_pages, store.drop_vm)
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
-    yield c
-    c.close()
 
 
 # -- the main host's side -------------------------------------------------------------
