@@ -31,9 +31,9 @@ def _drop_none(**kwargs: Any) -> dict[str, Any]:
 
 
 class AgentManager:
-    """RPC endpoint of one agent. API 1.0, see :class:`~.rpcapi.AgentAPI`."""
+    """RPC endpoint of one agent. API 1.1, see :class:`~.rpcapi.AgentAPI`."""
 
-    target = messaging.Target(version="1.0")
+    target = messaging.Target(version="1.1")
 
     def __init__(self, agent: Any) -> None:
         #: a started :class:`nova_ipmigrate.agent.service.Agent`
@@ -119,3 +119,35 @@ class AgentManager:
     @remotable(id=str)
     def op_abort(self, context: Any, id: str) -> dict[str, Any]:
         return self._handle("op_abort", {"id": id})
+
+    # -- main-host moves (1.1) -----------------------------------------------------------
+
+    @remotable(path=str, dest=dict, request_id=str)
+    def main_migrate(self, context: Any, path: str, dest: dict[str, Any],
+                     request_id: str | None = None) -> dict[str, Any]:
+        """Start the main-host move of the VM whose RAM file is ``path`` to ``dest``."""
+        return self._handle("main_migrate", _drop_none(path=path, dest=dest,
+                                                       request_id=request_id))
+
+    @remotable(vm=str, size=int, resident_limit=int, source=dict)
+    def incoming_prepare(self, context: Any, vm: str, size: int, resident_limit: int,
+                         source: dict[str, Any]) -> dict[str, Any]:
+        """Expect the main-host move of ``vm`` from ``source`` to this host."""
+        return self._handle("incoming_prepare", {"vm": vm, "size": size,
+                                                 "resident_limit": resident_limit,
+                                                 "source": source})
+
+    @remotable(vm=str, then=str, request_id=str)
+    def incoming_commit(self, context: Any, vm: str, then: str = "pull",
+                        request_id: str | None = None) -> dict[str, Any]:
+        """libvirt moved ``vm`` here: page out again, then pull or reintegrate."""
+        return self._handle("incoming_commit", _drop_none(vm=vm, then=then,
+                                                          request_id=request_id))
+
+    @remotable(vm=str)
+    def incoming_abort(self, context: Any, vm: str) -> dict[str, Any]:
+        return self._handle("incoming_abort", {"vm": vm})
+
+    @remotable()
+    def main_moves(self, context: Any) -> dict[str, Any]:
+        return self._handle("main_moves", {})

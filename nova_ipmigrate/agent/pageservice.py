@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from nova_ipmigrate.agent.substore import Buffer, SubHostStore
 from nova_ipmigrate.fabric import auth
@@ -53,6 +54,11 @@ class AgentPageService:
         self._clients: dict[Destination, FabricClient] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: main-host moves away from here (``agent.mainmove``): the old main host
+        #: serves its own pages of a VM as a holder, and hands its directory over
+        self.export_of: Callable[[uuid.UUID], Any] = lambda vm: None
+        self.directory_of: Callable[[uuid.UUID], tuple[bytes, bytes]] | None = None
+        self.export_ended: Callable[[uuid.UUID], bool] = lambda vm: False
 
     def close(self) -> None:
         """Close the clients of every destination; copies after this are refused."""
@@ -65,19 +71,36 @@ class AgentPageService:
     # -- the store's requests ---------------------------------------------------------
 
     def get_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> list[Buffer | None]:
+        export = self.export_of(vm)
+        if export is not None:
+            return export.read(pages)
         return self.store.get_pages(vm, pages)
 
     def put_pages(self, vm: uuid.UUID, pages: Sequence[int], data: Sequence[Buffer]) -> None:
         self.store.put_pages(vm, pages, data)
 
     def drop_pages(self, vm: uuid.UUID, pages: Sequence[int]) -> None:
+        export = self.export_of(vm)
+        if export is not None:
+            export.drop(pages)
         self.store.drop_pages(vm, pages)
 
     def commit_pages(self, vm: uuid.UUID, key: uuid.UUID, pages: Sequence[int]) -> int:
         return self.store.commit_pages(vm, key, pages)
 
     def drop_vm(self, vm: uuid.UUID) -> int:
-        return self.store.drop_vm(vm)
+        export = self.export_of(vm)
+        held = 0
+        if export is not None:
+            # The new main host has every page (committed moves only; an uncommitted
+            # export stays: the source may still resume).
+            held = export.held if self.export_ended(vm) else 0
+        return self.store.drop_vm(vm) + held
+
+    def directory(self, vm: uuid.UUID) -> tuple[bytes, bytes]:
+        if self.directory_of is None:
+            raise RemoteBadRequestError(f"no main-host move of VM {vm} from {self.host_name}")
+        return self.directory_of(vm)
 
     # -- copies -----------------------------------------------------------------------
 
@@ -89,7 +112,13 @@ class AgentPageService:
         """
         if request.name == self.host_name:
             raise RemoteBadRequestError(f"cannot copy pages to this host ({self.host_name})")
-        found, data = self.store.held_pages(vm, request.pages)
+        export = self.export_of(vm)
+        if export is not None:
+            got = export.read(request.pages)
+            found = [p for p, d in zip(request.pages, got, strict=True) if d is not None]
+            data = [d for d in got if d is not None]
+        else:
+            found, data = self.store.held_pages(vm, request.pages)
         present = set(found)
         missing = [page for page in request.pages if page not in present]
         if not found:

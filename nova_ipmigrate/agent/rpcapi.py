@@ -24,7 +24,7 @@ TOPIC = "ipmigrate-agent"
 #: "nova") and the agents (default "openstack") meet
 EXCHANGE = "ipmigrate"
 #: the newest version of the API this module knows
-RPC_API_VERSION = "1.0"
+RPC_API_VERSION = "1.1"
 #: op_status(wait=...) is capped at this many seconds by the agent
 MAX_OP_WAIT = 60.0
 
@@ -42,6 +42,8 @@ class AgentAPI:
         * 1.0 - Initial version: stats, agent_stats, parts, endpoint, page_map,
                 ops, op_status, set_remote, split, partial_migrate,
                 reintegrate, op_abort
+        * 1.1 - Main-host moves: main_migrate, incoming_prepare, incoming_commit,
+                incoming_abort, main_moves
 
     A new method or argument bumps the minor version here and in
     ``AgentManager.target``; the client checks ``can_send_version()`` and
@@ -147,3 +149,28 @@ class AgentAPI:
 
     def op_abort(self, ctxt: Any, host: str, op_id: str) -> dict[str, Any]:
         return self._call(ctxt, host, "op_abort", id=op_id)
+
+    # -- main-host moves (1.1) -----------------------------------------------------------
+
+    def main_migrate(self, ctxt: Any, host: str, path: str, dest: dict[str, Any],
+                     request_id: str | None = None) -> dict[str, Any]:
+        """Start moving the VM whose main host is ``host`` to ``dest`` (libvirt);
+        returns the operation (``details`` has its phase)."""
+        return self._call(ctxt, host, "main_migrate", version="1.1", path=path, dest=dest,
+                          request_id=request_id)
+
+    def incoming_prepare(self, ctxt: Any, host: str, vm: str, size: int,
+                         resident_limit: int, source: dict[str, Any]) -> dict[str, Any]:
+        return self._call(ctxt, host, "incoming_prepare", version="1.1", vm=vm, size=size,
+                          resident_limit=resident_limit, source=source)
+
+    def incoming_commit(self, ctxt: Any, host: str, vm: str, then: str = "pull",
+                        request_id: str | None = None) -> dict[str, Any]:
+        return self._call(ctxt, host, "incoming_commit", version="1.1", vm=vm, then=then,
+                          request_id=request_id)
+
+    def incoming_abort(self, ctxt: Any, host: str, vm: str) -> dict[str, Any]:
+        return self._call(ctxt, host, "incoming_abort", version="1.1", vm=vm)
+
+    def main_moves(self, ctxt: Any, host: str) -> dict[str, Any]:
+        return self._call(ctxt, host, "main_moves", version="1.1")

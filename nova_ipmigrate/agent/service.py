@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.agent import placement
+from nova_ipmigrate.agent.mainmove import LibvirtConfig, MainMoves
 from nova_ipmigrate.agent.pageservice import AgentPageService
 from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
 from nova_ipmigrate.agent.substore import SubHostStore
@@ -58,6 +59,8 @@ class AgentConfig:
     regions_in_flight: int = 2
     #: transfer strategy of a request that names none (a transfer_strategy plugin)
     default_strategy: str = "ipmigrate"
+    #: main-host moves through libvirt
+    libvirt: LibvirtConfig = dataclasses.field(default_factory=LibvirtConfig)
 
 
 class Agent:
@@ -80,7 +83,15 @@ class Agent:
                                             "reintegrate": self._reintegrate,
                                             "op_status": self._op_status,
                                             "ops": self._ops_list,
-                                            "op_abort": self._op_abort})
+                                            "op_abort": self._op_abort,
+                                            "main_migrate": self._main_migrate,
+                                            "incoming_prepare": self._incoming_prepare,
+                                            "incoming_commit": self._incoming_commit,
+                                            "incoming_abort": self._incoming_abort,
+                                            "main_moves": self._main_moves,
+                                            "domain_start": self._domain_start,
+                                            "domain_started": self._domain_started,
+                                            "domain_stopped": self._domain_stopped})
         self._remotes: dict[str, FabricRemotePaging] = {}
         self.operations = Operations(
             config.host_name, Endpoint(config.host_name, self.advertise_address,
@@ -88,6 +99,26 @@ class Agent:
             LocalStaging(self._take_staged, self.substore.drop_pages, self.substore.drop_vm),
             copy_timeout=config.copy_timeout, regions_in_flight=config.regions_in_flight,
             default_strategy=config.default_strategy)
+        self.main_moves = MainMoves(
+            config.host_name, Endpoint(config.host_name, self.advertise_address,
+                                       config.fabric_port),
+            self.memfs, self.operations, config.key, config.libvirt,
+            placement_policy=config.placement_policy, tls=config.tls,
+            fetch_timeout=config.fetch_timeout, streams=config.streams,
+            on_backend=self._remotes.__setitem__,
+            held_here=self.substore.held_of)
+        self.pages.export_of = self.main_moves.export_of
+        self.pages.directory_of = self.main_moves.directory
+        self.pages.export_ended = self._export_ended
+
+    def _export_ended(self, vm: uuid.UUID) -> bool:
+        export = self.main_moves.export_of(vm)
+        if export is None or not self.main_moves.end_export(vm):
+            return False
+        backend = self._remotes.pop(export.path, None)
+        if backend is not None:
+            backend.close()
+        return True
 
     @property
     def advertise_address(self) -> str:
@@ -224,6 +255,9 @@ class Agent:
             remote = ram.remote
             if ram.table is None or not isinstance(remote, FabricRemotePaging) or ram.vm is None:
                 continue
+            export = self.main_moves.export_of(ram.vm)
+            if ram.quiet or (export is not None and export.committed):
+                continue  # moving here, not committed yet; or moved away
             names = remote.active_holders()
             counts = ram.table.holders()
             by_host = {self.config.host_name: counts.get(0, 0)}
@@ -268,6 +302,33 @@ class Agent:
                                f"target for now", errno.EOPNOTSUPP)
         return _started("the reintegration", lambda: self.operations.reintegration(
             path, ram, _strategy_arg(req), request_id=_request_id(req)))
+
+    # -- main-host moves (agent.mainmove) ---------------------------------------------
+
+    def _main_migrate(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Move the VM's vCPUs, devices and resident pages to ``dest`` (libvirt)."""
+        return _started("the main-host move", lambda: self.main_moves.migrate(req))
+
+    def _incoming_prepare(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.main_moves.prepare(req)
+
+    def _incoming_commit(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.main_moves.commit(req)
+
+    def _incoming_abort(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.main_moves.abort_incoming(req)
+
+    def _main_moves(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, **self.main_moves.stats()}
+
+    def _domain_start(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.main_moves.domain_start(req)
+
+    def _domain_started(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.main_moves.domain_started(req)
+
+    def _domain_stopped(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.main_moves.domain_stopped(req)
 
     def _op(self, req: dict[str, Any]) -> Any:
         try:

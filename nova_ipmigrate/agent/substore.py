@@ -131,6 +131,11 @@ class SubHostStore:
             self.drops += len(held)
             return len(held)
 
+    def held_of(self, vm: uuid.UUID) -> int:
+        """Pages held for ``vm``."""
+        with self._lock:
+            return len(self._vms.get(vm, {}))
+
     def stats(self) -> dict[str, object]:
         with self._lock:
             return {"capacity_pages": self.store.capacity, "used_pages": self.store.used,

@@ -142,6 +142,9 @@ class _PeerService:
             self._held.clear()
         return n
 
+    def directory(self, vm: uuid.UUID) -> tuple[bytes, bytes]:
+        raise RemoteBadRequestError("no main-host moves in a benchmark")
+
     def copy_pages(self, vm: uuid.UUID, request: CopyRequest) -> tuple[int, list[int]]:
         raise RemoteBadRequestError("the benchmark peer does not copy pages")
 

@@ -19,6 +19,7 @@ from oslo_log import log as logging
 
 from nova_ipmigrate import conf, rpc
 from nova_ipmigrate.agent import rpcapi
+from nova_ipmigrate.agent.mainmove import LibvirtConfig
 from nova_ipmigrate.agent.manager import AgentManager
 from nova_ipmigrate.agent.service import Agent, AgentConfig
 from nova_ipmigrate.cmd.daemon import serve
@@ -44,7 +45,12 @@ def build_config() -> AgentConfig:
         streams=CONF.fabric.streams, advertise_address=CONF.migration.advertise_address,
         copy_timeout=CONF.migration.copy_timeout,
         regions_in_flight=CONF.migration.regions_in_flight,
-        default_strategy=CONF.migration.default_strategy)
+        default_strategy=CONF.migration.default_strategy,
+        libvirt=LibvirtConfig(
+            connection_uri=CONF.libvirt.connection_uri, peer_uri=CONF.libvirt.peer_uri,
+            migrate_uri=CONF.libvirt.migrate_uri,
+            migration_timeout=float(CONF.libvirt.migration_timeout),
+            directory_timeout=CONF.libvirt.directory_timeout, virsh=CONF.libvirt.virsh))
 
 
 def check_plugins() -> None:

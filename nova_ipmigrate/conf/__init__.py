@@ -6,7 +6,17 @@ options as ``nova_ipmigrate.conf.CONF.memfs.mountpoint``.
 
 from oslo_config import cfg
 
-from nova_ipmigrate.conf import agent, engine, fabric, guest, lab, memfs, migration, paths
+from nova_ipmigrate.conf import (
+    agent,
+    engine,
+    fabric,
+    guest,
+    lab,
+    libvirt,
+    memfs,
+    migration,
+    paths,
+)
 
 CONF = cfg.CONF
 
@@ -18,3 +28,4 @@ lab.register_opts(CONF)
 agent.register_opts(CONF)
 migration.register_opts(CONF)
 engine.register_opts(CONF)
+libvirt.register_opts(CONF)

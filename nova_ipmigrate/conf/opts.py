@@ -11,9 +11,19 @@ from collections.abc import Sequence
 
 from oslo_config import cfg
 
-from nova_ipmigrate.conf import agent, engine, fabric, guest, lab, memfs, migration, paths
+from nova_ipmigrate.conf import (
+    agent,
+    engine,
+    fabric,
+    guest,
+    lab,
+    libvirt,
+    memfs,
+    migration,
+    paths,
+)
 
-_MODULES = (paths, memfs, guest, lab, fabric, agent, migration, engine)
+_MODULES = (paths, memfs, guest, lab, fabric, agent, migration, engine, libvirt)
 
 
 def list_opts() -> list[tuple[str | cfg.OptGroup, Sequence[cfg.Opt]]]:

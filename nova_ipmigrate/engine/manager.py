@@ -1,4 +1,4 @@
-"""The engine's RPC endpoint (topic ``ipmigrate-engine``, API version 1.0).
+"""The engine's RPC endpoint (topic ``ipmigrate-engine``, API version 1.2).
 
 Every request is validated up front against what the agents report; a request
 that is refused raises one of :mod:`nova_ipmigrate.exception` (unknown VM:
@@ -13,6 +13,9 @@ API versions:
 * 1.0: partial_migration, reintegration, split, host_drain, list_operations,
   show_operation, abort_operation
 * 1.1: show_vm (a split VM's memory layout: pages per host)
+* 1.2: main_host_migration (the main host's vCPUs, devices and resident pages to
+  another host, through libvirt); reintegration onto a host other than the main
+  host (a main-host move to it, then every part comes to it)
 
 Strategies are the plugins of ``nova_ipmigrate.transfer_strategy`` installed
 where the engine runs (the main host's agent loads the same name; one it lacks
@@ -36,7 +39,7 @@ from nova_ipmigrate.engine.worker import reserved_pages
 from nova_ipmigrate.migration import strategy as strategies
 from nova_ipmigrate.remotable import remotable
 
-RPC_API_VERSION = "1.1"
+RPC_API_VERSION = "1.2"
 _STRATEGY_NAMES: list[str] = []
 
 
@@ -175,8 +178,7 @@ class EngineManager:
             entry = self.inventory.find_vm(vm)
             main = str(entry["main_host"])
             if target_host is not None and target_host != main:
-                raise _invalid(f"reintegration gathers {vm} onto its main host {main}, "
-                               f"not {target_host} (that needs the main-host move)")
+                return self._main_move(entry, target_host, "reintegrate")
             if entry.get("broken"):
                 raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
             pages = {h: int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
@@ -187,6 +189,48 @@ class EngineManager:
                 kind="reintegration", vm=vm, path=str(entry["path"]), main_host=main,
                 dest_host=main, strategy=strategy,
                 params={"sources": sources, "pages": sum(pages[h] for h in sources)})
+
+    @remotable()
+    def main_host_migration(self, context: Any, vm: str, dest_host: str | None = None,
+                            then: str = "pull") -> dict[str, Any]:
+        _str("vm", vm)
+        _str("dest_host", dest_host, optional=True)
+        if then not in ("pull", "reintegrate"):
+            raise _invalid(f"then must be 'pull' or 'reintegrate', not {then!r}")
+        if dest_host is not None:
+            self.inventory.known(dest_host, "destination host")
+        with self._lock:
+            self._conflict(vm)
+            entry = self.inventory.find_vm(vm)
+            return self._main_move(entry, dest_host, then)
+
+    def _main_move(self, entry: dict[str, Any], dest: str | None,
+                   then: str) -> dict[str, Any]:
+        """Create a main-host move of ``entry``'s VM (lock held, no conflict)."""
+        vm, main = str(entry["vm"]), str(entry["main_host"])
+        if entry.get("broken"):
+            raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
+        pages = {h: int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
+        holders = sorted(h for h, n in pages.items() if h != main and n > 0)
+        if dest is None:
+            cands = [h for h in self.inventory.hosts if h != main and h not in holders]
+            free = self.inventory.free_pages(cands, reserved_pages(self.db))
+            if not free:
+                raise exception.InsufficientCapacity(
+                    f"no host for the main-host move of {vm}: every other host holds a "
+                    f"part of it or does not answer", reason="no candidate host")
+            dest = max(sorted(free), key=lambda h: free[h])
+        if dest == main:
+            raise _invalid(f"{dest} is the main host of {vm} already")
+        if dest in holders:
+            raise _invalid(f"{dest} holds a part of {vm} ({pages[dest]} pages): move that "
+                           f"part away first, or choose a host that holds none")
+        return self._create(
+            kind="main_host_migration", vm=vm, path=str(entry["path"]), main_host=main,
+            source_host=main, dest_host=dest,
+            params={"then": then, "sources": holders, "pages": pages.get(main, 0),
+                    "dest_endpoint": self.inventory.endpoint(dest),
+                    "source_endpoint": self.inventory.endpoint(main)})
 
     @remotable()
     def split(self, context: Any, main_host: str, path: str, vm: str,

@@ -8,12 +8,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-KINDS = ("split", "partial_migration", "reintegration", "host_drain")
+KINDS = ("split", "partial_migration", "reintegration", "host_drain",
+         "main_host_migration")
 STATES = ("queued", "running", "aborting", "done", "failed", "aborted")
 FINAL_STATES = ("done", "failed", "aborted")
 ACTIVE_STATES = ("queued", "running", "aborting")
 #: kinds that move parts (the concurrency limits count them)
-MOVES = ("partial_migration", "reintegration")
+MOVES = ("partial_migration", "reintegration", "main_host_migration")
 
 
 def utcnow() -> datetime.datetime:

@@ -5,6 +5,7 @@ API version history (the server side is :mod:`nova_ipmigrate.engine.manager`):
 * 1.0: partial_migration, reintegration, split, host_drain, list_operations,
   show_operation, abort_operation
 * 1.1: show_vm
+* 1.2: main_host_migration; reintegration onto a host other than the main host
 
 Errors of the engine (``nova_ipmigrate.exception``) come back as the same classes.
 """
@@ -19,7 +20,7 @@ import oslo_messaging as messaging
 from nova_ipmigrate import rpc
 from nova_ipmigrate.engine import TOPIC
 
-VERSION_CAP = "1.1"
+VERSION_CAP = "1.2"
 
 
 class EngineAPI:
@@ -61,6 +62,14 @@ class EngineAPI:
 
     def abort_operation(self, ctxt: Any, op_id: str) -> dict[str, Any]:
         return self._call(ctxt, "abort_operation", op_id=op_id)
+
+    def main_host_migration(self, ctxt: Any, vm: str, dest_host: str | None = None,
+                            then: str = "pull") -> dict[str, Any]:
+        """Move ``vm``'s main host (vCPUs, devices, resident pages) to ``dest_host``
+        (None: the engine chooses); ``then`` pull the old main host's pages there, or
+        ``reintegrate`` every part onto it."""
+        return self._call(ctxt, "main_host_migration", version="1.2", vm=vm,
+                          dest_host=dest_host, then=then)
 
     def show_vm(self, ctxt: Any, vm: str) -> dict[str, Any]:
         return self._call(ctxt, "show_vm", version="1.1", vm=vm)

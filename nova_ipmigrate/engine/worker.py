@@ -15,6 +15,19 @@ partial migration / reintegration (a part move, run by the VM's main host)::
     An agent that no longer knows its operation (it restarted) ends the operation
     ``failed``: the data plane rolled the part move back, or the VM is gone.
 
+main-host migration (the old main host's agent runs the libvirt step, the new one
+the pull)::
+
+    queued -> running/starting --dest incoming_prepare, source main_migrate
+    (request_id = op id)--> running/migrating --op_status polls--> done:
+    running/committing --dest incoming_commit (request_id = op id + "-pull"; the
+    VM's main host is the destination from here)--> running/pulling (polled like a
+    part move) --> done | failed | aborted
+    migrating ended failed/aborted --> cleaning --dest incoming_abort (again while
+    its incoming QEMU goes)--> failed | aborted; the VM goes on at its main host
+    aborting before the switch: op_abort at the source (libvirt's job abort);
+    after it: the pull is aborted (the old main host keeps its part, as a holder)
+
 split:  queued -> running/starting --agent split (skipped if already split)--> done
 host drain: queued -> running/planning --plan, queued children--> running/waiting
     --all children ended--> done | failed;  aborting: abort children --> aborted
@@ -59,6 +72,12 @@ def footprint(op: Operation) -> tuple[set[str], set[tuple[str, str]]]:
         main = str(op.main_host)
         sources = [str(s) for s in (op.params or {}).get("sources", [])]
         return {main, *sources}, {(s, main) for s in sources}
+    if op.kind == "main_host_migration":
+        src, dst = str(op.source_host), str(op.dest_host)
+        p = op.params or {}
+        sources = [str(s) for s in p.get("sources", [])] if p.get("then") == "reintegrate" \
+            else []
+        return {src, dst, *sources}, {(src, dst), *((s, dst) for s in sources)}
     return set(), set()
 
 
@@ -196,7 +215,11 @@ class Worker:
         if op is None or op.final or op.state == "queued":
             return
         try:
-            if op.state == "aborting":
+            if op.kind == "main_host_migration" and op.step in ("starting", "migrating",
+                                                                 "cleaning"):
+                handler = {"starting": self._main_start, "migrating": self._main_poll,
+                           "cleaning": self._main_clean}[op.step]
+            elif op.state == "aborting":
                 handler = {"host_drain": self._abort_drain}.get(op.kind, self._abort_move)
             else:
                 handler = {
@@ -204,6 +227,8 @@ class Worker:
                     ("reintegration", "starting"): self._start_move,
                     ("partial_migration", "running"): self._poll_move,
                     ("reintegration", "running"): self._poll_move,
+                    ("main_host_migration", "committing"): self._main_commit,
+                    ("main_host_migration", "pulling"): self._poll_move,
                     ("split", "starting"): self._split,
                     ("host_drain", "planning"): self._plan_drain,
                     ("host_drain", "waiting"): self._drain_wait,
@@ -280,6 +305,10 @@ class Worker:
         progress = dict(res.get("progress") or {})
         if res.get("parts"):
             progress["parts"] = list(res["parts"])      # per holder
+        if op.kind == "main_host_migration":   # the pull: keep the libvirt step's figures
+            progress = {**{k: v for k, v in (op.progress or {}).items()
+                           if k in ("migration", "downtime_ms", "directory_ms",
+                                    "resumed_at", "remote_pages")}, **progress}
         if state == "running":
             if progress != (op.progress or {}):
                 op = self.db.update(op, progress=progress)
@@ -318,6 +347,112 @@ class Worker:
                                                            agent_op=op.agent_op_id))
             return
         self._record(op, res)
+
+    # main-host migration
+
+    def _main_start(self, op: Operation) -> None:
+        p = op.params or {}
+        if op.state == "aborting":
+            self._finish(op, "aborted", "aborted before the agent started it")
+            return
+        res = self._agent_status(op)      # started just before a restart?
+        if res is None:
+            try:
+                files = self.agents.stats(self.ctxt, op.main_host)["stats"]["files"]
+                f = files[op.path]
+                self.agents.incoming_prepare(
+                    self.ctxt, op.dest_host, vm=op.vm, size=int(f["size"]),
+                    resident_limit=int(f.get("resident_limit_pages", 0)) * 4096,
+                    source=p["source_endpoint"])
+                res = self.agents.main_migrate(self.ctxt, op.main_host, op.path,
+                                               p["dest_endpoint"], request_id=op.request_id)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # noqa: BLE001 - refused: nothing started
+                op = self.db.update(op, step="cleaning", params={
+                    **p, "outcome": "failed",
+                    "fault": f"the main-host move did not start: {describe(exc)}"})
+                self._main_clean(op)
+                return
+        self.db.update(op, step="migrating", agent_op_id=str(res["id"]),
+                       progress=_main_progress(res))
+
+    def _main_poll(self, op: Operation) -> None:
+        if op.state == "aborting" and op.id not in self._abort_sent and op.agent_op_id:
+            try:
+                self.agents.op_abort(self.ctxt, op.main_host, op.agent_op_id)
+            except (exception.Conflict, exception.NotFound):
+                pass                     # it ended meanwhile
+            self._abort_sent.add(op.id)
+        res = self._agent_status(op)
+        p = op.params or {}
+        if res is None:
+            op = self.db.update(op, step="cleaning", params={
+                **p, "outcome": "failed",
+                "fault": AGENT_FORGOT.format(host=op.main_host, agent_op=op.agent_op_id)})
+            self._main_clean(op)
+            return
+        state = str(res.get("state"))
+        progress = _main_progress(res)
+        if state == "running":
+            if progress != (op.progress or {}):
+                op = self.db.update(op, progress=progress)
+                self.notify.progress(op)
+            return
+        if state == "done":
+            op = self.db.update(op, step="committing", progress=progress)
+            if op.state == "aborting":
+                LOG.info("operation %s: the switch happened before the abort", op.id)
+            self._main_commit(op)
+            return
+        op = self.db.update(op, step="cleaning", progress=progress, params={
+            **p, "outcome": "aborted" if state == "aborted" else "failed",
+            "fault": res.get("fault") or f"the libvirt step ended {state}"})
+        self._main_clean(op)
+
+    def _main_clean(self, op: Operation) -> None:
+        """The move failed before the switch: the destination forgets the VM (it may
+        refuse while its incoming QEMU still goes: the next pass asks again)."""
+        p = op.params or {}
+        try:
+            self.agents.incoming_abort(self.ctxt, op.dest_host, vm=op.vm)
+        except exception.Conflict as exc:
+            LOG.info("operation %s: %s: asked again next pass", op.id, describe(exc))
+            return
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the outcome
+            LOG.warning("operation %s: incoming_abort on %s: %s", op.id, op.dest_host,
+                        describe(exc))
+        outcome = str(p.get("outcome", "failed"))
+        self._finish(op, outcome if outcome in ("failed", "aborted") else "failed",
+                     f"{p.get('fault')}; the VM goes on at {op.main_host}")
+
+    def _main_commit(self, op: Operation) -> None:
+        p = op.params or {}
+        pull_id = f"{op.request_id}-pull"
+        try:
+            res = self.agents.incoming_commit(self.ctxt, op.dest_host, vm=op.vm,
+                                              then=str(p.get("then", "pull")),
+                                              request_id=pull_id)
+            pull = res.get("op")
+        except exception.NotFound:
+            # committed before a restart: the pull runs under its request id
+            ops = self.agents.ops(self.ctxt, op.dest_host).get("ops", [])
+            pull = next((a for a in ops if a.get("request_id") == pull_id), None)
+            res = {}
+        progress = dict(op.progress or {})
+        progress.update({k: res[k] for k in ("resumed_at", "directory_ms", "remote_pages")
+                         if k in res})
+        stopped = (progress.get("migration") or {}).get("stopped_at")
+        if stopped and res.get("resumed_at"):
+            progress["downtime_ms"] = round((float(res["resumed_at"]) - float(stopped))
+                                            * 1e3, 2)
+        if pull is None:
+            self._finish(op, "done", None, main_host=op.dest_host, progress=progress)
+            return
+        self.db.update(op, step="pulling", main_host=op.dest_host,
+                       agent_op_id=str(pull["id"]), progress=progress)
 
     # split
 
@@ -405,6 +540,12 @@ class Worker:
             self._finish(op, "aborted", "aborted by request")
         else:
             self.wake()
+
+
+def _main_progress(res: dict[str, Any]) -> dict[str, Any]:
+    """The progress of a main-host move's libvirt step, from the source's operation."""
+    return {"phase": (res.get("details") or {}).get("phase"),
+            "migration": dict(res.get("details") or {})}
 
 
 def reserved_pages(db: Database) -> dict[str, int]:

@@ -331,6 +331,16 @@ class FabricClient:
                               request_id, vm, wire.MessageType.ACK)
         return reply.header.count
 
+    def get_directory(self, vm: uuid.UUID, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """The page directory of ``vm`` as its old main host froze it (main-host move):
+        (JSON header line, one code byte per page); see :mod:`~nova_ipmigrate.fabric.wire`."""
+        request_id = self.next_request_id()
+        reply = self._request("get directory",
+                              wire.encode_empty(wire.MessageType.GET_DIRECTORY, request_id, vm),
+                              request_id, vm, wire.MessageType.DIRECTORY, keep=True,
+                              timeout=timeout)
+        return wire.decode_directory(reply.payload)
+
     def ping(self) -> float:
         """Round-trip time to the peer, in seconds."""
         request_id = self.next_request_id()

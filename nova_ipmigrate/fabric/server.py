@@ -285,4 +285,7 @@ class FabricServer:
             dropped = self.handler.drop_vm(header.vm)
             return wire.encode_empty(wire.MessageType.ACK, header.request_id, header.vm,
                                      dropped), 0, 0
+        if type_ is wire.MessageType.GET_DIRECTORY:
+            head, codes = self.handler.directory(header.vm)
+            return wire.encode_directory(header.request_id, header.vm, head, codes), 0, 0
         return wire.encode_empty(wire.MessageType.PONG, header.request_id), 0, 0

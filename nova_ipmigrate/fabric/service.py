@@ -76,6 +76,14 @@ class PageService(Protocol):
         """
 
 
+    def directory(self, vm: uuid.UUID) -> tuple[bytes, bytes]:
+        """The page directory of ``vm``, frozen for a main-host move away from here:
+        (JSON header line, one code byte per page). Raise
+        :class:`~nova_ipmigrate.fabric.errors.RemoteBadRequestError` when no such move
+        of ``vm`` is under way here.
+        """
+
+
 class InMemoryPageService:
     """A PageService over dicts, for tests, benchmarks and the lab's fake hosts.
 
@@ -150,6 +158,9 @@ class InMemoryPageService:
             dropped = len(self._vms.pop(vm, {}))
             self._held -= dropped
             return dropped
+
+    def directory(self, vm: uuid.UUID) -> tuple[bytes, bytes]:
+        raise RemoteBadRequestError(f"no main-host move of VM {vm} from here")
 
     def copy_pages(self, vm: uuid.UUID, request: CopyRequest) -> tuple[int, list[int]]:
         if self.copier is None:

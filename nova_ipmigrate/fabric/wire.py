@@ -30,6 +30,11 @@ Payloads, by type (``n`` = count):
 * COMMIT_PAGES: staging key (16) + ``n`` page numbers: move those pages from
   the staging key to the header's VM, all or nothing (ACK, or ERROR NOT_HELD).
 * DROP_VM: empty; forget every page held for the header's VM (or staging key).
+* GET_DIRECTORY (main-host move, new main host to the old one): empty. The
+  reply DIRECTORY (count 0) carries the VM's page directory as the old main
+  host froze it: a UTF-8 JSON line (``{"npages": N, "holders": {"<code>":
+  {"name", "address", "port"}}}``) ending in ``\n``, then one code byte per
+  page (0: zero, 255: held by the old main host, else that holder).
 * ERROR: code (u32, :class:`~nova_ipmigrate.fabric.errors.ErrorCode`), ``n`` page
   numbers the error is about (may be 0), a UTF-8 message.
 
@@ -96,6 +101,8 @@ class MessageType(enum.IntEnum):
     DROP_VM = 19
     PING = 20
     PONG = 21
+    GET_DIRECTORY = 22
+    DIRECTORY = 23
 
 
 #: Messages a peer may send before it is authenticated.
@@ -110,6 +117,7 @@ REPLY_TO = {
     MessageType.COMMIT_PAGES: MessageType.ACK,
     MessageType.DROP_VM: MessageType.ACK,
     MessageType.PING: MessageType.PONG,
+    MessageType.GET_DIRECTORY: MessageType.DIRECTORY,
 }
 #: Messages carrying page data (list + zero bitmap + data).
 DATA_TYPES = frozenset({MessageType.PAGES, MessageType.PUT_PAGES})
@@ -117,7 +125,7 @@ DATA_TYPES = frozenset({MessageType.PAGES, MessageType.PUT_PAGES})
 LIST_TYPES = frozenset({MessageType.GET_PAGES, MessageType.DROP_PAGES})
 #: Messages with neither count nor payload.
 EMPTY_TYPES = frozenset({MessageType.AUTH_OK, MessageType.PING, MessageType.PONG,
-                         MessageType.DROP_VM})
+                         MessageType.DROP_VM, MessageType.GET_DIRECTORY})
 
 KEY_SIZE = 16  # a staging key is a UUID
 PORT = struct.Struct("<H")
@@ -221,6 +229,8 @@ def _check_length(type_: MessageType, count: int, length: int) -> None:
     elif type_ is MessageType.ERROR:
         fixed = ERROR_BODY.size + count * PAGE_NUMBER.size
         ok = fixed <= length <= fixed + MAX_ERROR_TEXT
+    elif type_ is MessageType.DIRECTORY:
+        ok = count == 0 and 0 < length <= MAX_PAYLOAD
     elif type_ is MessageType.HELLO:
         ok = count == 0 and NONCE_SIZE < length <= NONCE_SIZE + MAX_HOST_NAME
     elif type_ is MessageType.CHALLENGE:
@@ -488,3 +498,24 @@ def decode_challenge(payload: memoryview) -> tuple[bytes, bytes, str]:
     mac_end = NONCE_SIZE + MAC_SIZE
     return (bytes(payload[:NONCE_SIZE]), bytes(payload[NONCE_SIZE:mac_end]),
             _host_name(payload[mac_end:]))
+
+
+def encode_directory(request_id: int, vm: uuid.UUID, header: bytes,
+                     codes: Buffer) -> list[Buffer]:
+    """A DIRECTORY reply: the JSON ``header`` line, then one code byte per page."""
+    if b"\n" in header:
+        raise ValueError("a directory header is one line")
+    length = len(header) + 1 + len(codes)
+    if length > MAX_PAYLOAD:
+        raise FabricProtocolError(f"a directory of {len(codes)} pages does not fit a frame")
+    return [encode_header(MessageType.DIRECTORY, request_id, vm, 0, length), header, b"\n",
+            codes]
+
+
+def decode_directory(payload: memoryview) -> tuple[bytes, bytes]:
+    """(JSON header line, code bytes) of a DIRECTORY payload."""
+    raw = bytes(payload)
+    end = raw.find(b"\n")
+    if end < 0:
+        raise FabricProtocolError("DIRECTORY without its header line")
+    return raw[:end], raw[end + 1:]

@@ -86,6 +86,8 @@ class OracleMonitor:
         self.started = False
         self.filled = False
         self.done = False
+        #: ORACLE START lines seen: more than one means the guest rebooted
+        self.starts = 0
         self.exit_code: int | None = None
         self.pages = 0
         self.verified = 0
@@ -154,6 +156,7 @@ class OracleMonitor:
         kv = dict(_KV.findall(line[idx:]))
         now = time.monotonic()
         if kind == "START":
+            self.starts += 1
             self.started = True
             self.started_at = now
             self.pages = _int(kv.get("pages")) or self.pages

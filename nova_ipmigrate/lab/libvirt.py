@@ -60,11 +60,14 @@ class LabLibvirtd:
     """One libvirtd inside a lab host."""
 
     def __init__(self, host: LabHost, memory_backing_dir: Path,
-                 log_filters: str = "3:qemu 3:util 3:rpc") -> None:
+                 log_filters: str = "3:qemu 3:util 3:rpc", hook: str | None = None) -> None:
         self.host = host
         self.dir = host.state_dir / "libvirt"
         self.memory_backing_dir = Path(memory_backing_dir)
         self.log_filters = log_filters
+        #: the qemu hook script (``hooks.libvirt_qemu.hook_script``), installed as
+        #: ``/etc/libvirt/hooks/qemu.d/50-nova-ipmigrate``
+        self.hook = hook
         self.log = self.dir / "log" / "libvirtd.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -74,6 +77,12 @@ class LabLibvirtd:
             f'host_uuid = "{host_uuid(self.host.hostname)}"',
             'unix_sock_group = "root"',
             'unix_sock_rw_perms = "0700"',
+            # peer-to-peer migrations between lab hosts: plain TCP on the lab's private
+            # addresses, no authentication (the lab only; use TLS anywhere else)
+            "listen_tls = 0",
+            "listen_tcp = 1",
+            'auth_tcp = "none"',
+            f'listen_addr = "{self.host.address}"',
             f'log_outputs = "1:file:{self.log}"',
             f'log_filters = "{self.log_filters}"',
             "",
@@ -105,13 +114,21 @@ class LabLibvirtd:
         (etc / "libvirtd.conf").write_text(self.libvirtd_conf())
         (etc / "qemu.conf").write_text(self.qemu_conf())
         (etc / "libvirt.conf").write_text(f'uri_default = "{URI}"\n')
+        hooks = etc / "hooks" / "qemu.d"
+        hooks.mkdir(parents=True, exist_ok=True)
+        script = hooks / "50-nova-ipmigrate"
+        if self.hook is not None:
+            script.write_text(self.hook)
+            script.chmod(0o755)
+        else:
+            script.unlink(missing_ok=True)
 
     def inner_script(self) -> str:
         """What runs inside the host: the private directories, then libvirtd."""
         lines = ["set -e"]
         for sub, target in BIND_DIRS.items():
             lines.append(f"mountpoint -q {target} || mount --bind {self.dir / sub} {target}")
-        lines += ["mkdir -p /run/libvirt", f"exec {LIBVIRTD}"]
+        lines += ["mkdir -p /run/libvirt", f"exec {LIBVIRTD} --listen"]
         return "\n".join(lines)
 
     def command(self, argv: Sequence[str]) -> list[str]:
@@ -163,9 +180,11 @@ class LabLibvirtd:
             time.sleep(0.2)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Destroy every domain, then end libvirtd (SIGTERM, then SIGKILL)."""
+        """Destroy every domain, then end libvirtd (SIGTERM, then SIGKILL); a QEMU
+        that is still there after that (a killed libvirtd's) is killed."""
         proc, self._proc = self._proc, None
         if proc is None:
+            self.kill_domains()
             return
         if proc.poll() is None:
             with contextlib.suppress(LibvirtError, subprocess.TimeoutExpired):
@@ -180,6 +199,28 @@ class LabLibvirtd:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 continue
+        self.kill_domains()
+
+    def kill(self) -> None:
+        """SIGKILL libvirtd (a failure test); its QEMUs go on (see kill_domains)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)   # sh exec'd libvirtd: this is libvirtd
+            proc.wait(10)
+
+    def kill_domains(self, timeout: float = 10.0) -> list[int]:
+        """SIGKILL every QEMU this host's libvirt started (pid files in its /run)."""
+        killed = []
+        for pid_file in (self.host.run_dir / "libvirt" / "qemu").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().strip())
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        deadline = time.monotonic() + timeout
+        while any(_running(p) for p in killed) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return killed
 
     def tail(self, chars: int = 3000) -> str:
         out = []
@@ -192,9 +233,13 @@ class LabLibvirtd:
 def domain_xml(name: str, ram_mb: int, kernel: Path, initrd: Path, cmdline: str,
                serial_log: Path, qmp_socket: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
                accel: str = "tcg", cpu: str = "qemu64", vcpus: int = 1,
-               preload: str | None = None, domain_uuid: str | None = None) -> str:
+               preload: str | None = None, domain_uuid: str | None = None,
+               on_reboot: str = "destroy") -> str:
     """A transient lab domain: direct kernel boot, RAM as a shared file, serial to a
-    file, an extra QMP monitor, destroyed (not rebooted) when the guest reboots."""
+    file (appended to: a migrated domain's QEMU goes on writing it), an extra QMP
+    monitor; destroyed when the guest reboots, unless ``on_reboot`` is "restart"."""
+    if on_reboot not in ("destroy", "restart"):
+        raise ValueError(f"on_reboot must be destroy or restart, not {on_reboot!r}")
     dtype = "kvm" if accel.startswith("kvm") else "qemu"
     env = (f"    <qemu:env name='LD_PRELOAD' value={quoteattr(preload)}/>\n"
            if preload else "")
@@ -215,13 +260,13 @@ def domain_xml(name: str, ram_mb: int, kernel: Path, initrd: Path, cmdline: str,
   </os>
   <cpu mode='custom' match='exact' check='none'><model fallback='forbid'>{cpu}</model></cpu>
   <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
+  <on_reboot>{on_reboot}</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(emulator)}</emulator>
     <controller type='usb' model='none'/>
     <serial type='file'>
-      <source path={quoteattr(str(serial_log))}/>
+      <source path={quoteattr(str(serial_log))} append='on'/>
       <target port='0'/>
     </serial>
     <memballoon model='none'/>
@@ -238,19 +283,58 @@ class LibvirtGuest:
     """The lab guest as a transient libvirt domain (``QemuProcess``'s interface)."""
 
     def __init__(self, libvirtd: LabLibvirtd, xml: str, name: str, ram_path: Path,
-                 qmp_socket: Path, memcg: MemoryCgroup | None = None) -> None:
+                 qmp_socket: Path, memcg: MemoryCgroup | None = None,
+                 qmp_inside: Path | None = None) -> None:
         self.libvirtd = libvirtd
         self.xml = xml
         self.name = name
         self.ram_path = ram_path
         self.qmp_socket = qmp_socket
+        #: the extra monitor's path inside a host (in its private /run), if it is there
+        self.qmp_inside = qmp_inside
         self.memcg = memcg
         self._pid: int | None = None
+        #: a libvirtd the domain is migrating to (see :meth:`expect_move`)
+        self._next: LabLibvirtd | None = None
+        #: the hosts the domain ran on, in order
+        self.hosts = [libvirtd.host.name]
+
+    def pid_file_of(self, libvirtd: LabLibvirtd) -> Path:
+        """QEMU's pid file on ``libvirtd``'s host, in its /run as seen from outside."""
+        return libvirtd.host.run_dir / "libvirt" / "qemu" / f"{self.name}.pid"
 
     @property
     def pid_file(self) -> Path:
-        """QEMU's pid file, in the host's /run as seen from outside."""
-        return self.libvirtd.host.run_dir / "libvirt" / "qemu" / f"{self.name}.pid"
+        return self.pid_file_of(self.libvirtd)
+
+    def qmp_socket_on(self, libvirtd: LabLibvirtd) -> Path:
+        """The extra QMP monitor of the domain's QEMU on ``libvirtd``'s host."""
+        if self.qmp_inside is None:
+            return self.qmp_socket
+        return libvirtd.host.run_dir / self.qmp_inside.relative_to("/run")
+
+    def expect_move(self, libvirtd: LabLibvirtd | None) -> None:
+        """The domain may migrate to ``libvirtd``: once the QEMU here is gone and one
+        runs there, that one is the guest (the destination starts before the source
+        stops, so one of them always runs)."""
+        self._next = libvirtd
+
+    def _switch(self) -> bool:
+        nxt = self._next
+        if nxt is None:
+            return False
+        try:
+            pid = int(self.pid_file_of(nxt).read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if not _running(pid):
+            return False
+        self.libvirtd, self._pid, self._next = nxt, pid, None
+        self.hosts.append(nxt.host.name)
+        if self.memcg is not None:
+            with contextlib.suppress(OSError):
+                Path(self.memcg.procs_file).write_text(f"{pid}\n")
+        return True
 
     @property
     def pid(self) -> int:
@@ -285,11 +369,7 @@ class LibvirtGuest:
     def alive(self) -> bool:
         if self._pid is None:
             return False
-        try:
-            stat = Path(f"/proc/{self._pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        return _running(self._pid) or self._switch()
 
     def ram_mapping_rss_kb(self) -> int:
         try:
@@ -310,3 +390,11 @@ class LibvirtGuest:
         if self.alive():
             self.libvirtd.virsh("destroy", self.name, check=False, timeout=30)
         return self.wait(timeout)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -83,7 +83,7 @@ class MemfsDaemon:
 
     def start(self, timeout: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        force_unmount(self.mountpoint)  # leftovers of a crashed earlier run
+        self.force_unmount()  # leftovers of a crashed earlier run (or a killed daemon)
         conf = self.write_config()
         self._proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", self.module, "--config-file", str(conf)],
@@ -105,6 +105,17 @@ class MemfsDaemon:
                 raise MemfsDaemonError(
                     f"ipmigrate-{self.name} not ready in {timeout}s: {self._tail()}")
             time.sleep(0.1)
+
+    def force_unmount(self) -> None:
+        """:func:`force_unmount` of the mount point, in the daemon's mount namespace."""
+        force_unmount(self.mountpoint)
+        if self.prefix:  # a lab host's mount is seen inside its namespace only
+            subprocess.run([*self.prefix, sys.executable, "-c",
+                            "import sys; from pathlib import Path; "
+                            "from nova_ipmigrate.lab.memfsd import force_unmount; "
+                            "force_unmount(Path(sys.argv[1]))", str(self.mountpoint)],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                           check=False)
 
     def _tail(self) -> str:
         out = []
@@ -146,7 +157,7 @@ class MemfsDaemon:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        force_unmount(self.mountpoint)
+        self.force_unmount()
 
     def __enter__(self) -> MemfsDaemon:
         self.start()

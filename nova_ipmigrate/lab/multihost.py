@@ -15,16 +15,18 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.guest.image import ensure_guest_image
 from nova_ipmigrate.guest.serial import OracleMonitor
+from nova_ipmigrate.hooks.libvirt_qemu import hook_script
 from nova_ipmigrate.lab import memview
 from nova_ipmigrate.lab.control import ControlPlane, context
 from nova_ipmigrate.lab.hosts import Lab
@@ -84,6 +86,9 @@ class SplitParams(SingleHostParams):
     #: run the guest as a libvirt domain of a libvirtd inside h1 (``lab.libvirt``)
     #: instead of a QEMU started directly
     libvirt: bool = False
+    #: what the domain does when the guest reboots: "destroy" (the run ends; a guest
+    #: panic reboots it) or "restart" (a reboot test)
+    libvirt_on_reboot: str = "destroy"
 
 
 @dataclass
@@ -99,6 +104,14 @@ class LabContext:
     running: Callable[[], bool]
     #: the lab's control plane, when the run has one (operations go through its engine)
     control: ControlPlane | None = None
+    #: the guest (its QEMU process, or its libvirt domain)
+    guest: Any = None
+    #: every host's libvirtd (lab name -> LabLibvirtd), when the guest is a domain
+    libvirtds: dict[str, LabLibvirtd] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, Any]:
+        """memfs statistics of the VM's current main host."""
+        return self.main.stats()
 
 
 def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
@@ -182,17 +195,25 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         serial = p.workdir / "serial.log"
         serial.unlink(missing_ok=True)
         qemu: QemuProcess | LibvirtGuest
+        libvirtds: dict[str, LabLibvirtd] = {}
         if p.libvirt:
-            libvirtd = LabLibvirtd(hosts[0], main.mountpoint)
-            libvirtd.start()
-            stack.callback(libvirtd.stop)
-            qmp = p.workdir / "qmp.sock"
+            for h, a in zip(hosts, agents, strict=True):
+                libvirtds[h.name] = LabLibvirtd(
+                    h, a.mountpoint, hook=hook_script(sys.executable, a.socket))
+                libvirtds[h.name].start()
+                stack.callback(libvirtds[h.name].stop)
+            # the extra QMP monitor is in every host's private /run: the same path
+            # serves the domain wherever it runs
+            qmp_inside = Path("/run/ipmigrate") / f"{vm}.qmp"
             emulator = shutil.which(p.qemu_binary) or p.qemu_binary
-            qemu = LibvirtGuest(libvirtd, domain_xml(
-                "oracle", p.ram_mb, image.kernel, image.initrd, p.cmdline(), serial, qmp,
-                emulator=emulator, accel=p.accel,
-                preload=str(shim) if p.block_thp_readahead and shim else None),
-                "oracle", main.mountpoint / RAM_PATH, qmp, memcg=memcg)
+            qemu = LibvirtGuest(libvirtds[hosts[0].name], domain_xml(
+                "oracle", p.ram_mb, image.kernel, image.initrd, p.cmdline(), serial,
+                qmp_inside, emulator=emulator, accel=p.accel,
+                preload=str(shim) if p.block_thp_readahead and shim else None,
+                domain_uuid=str(vm), on_reboot=p.libvirt_on_reboot),
+                "oracle", main.mountpoint / RAM_PATH,
+                hosts[0].run_dir / "ipmigrate" / f"{vm}.qmp", memcg=memcg,
+                qmp_inside=qmp_inside)
         else:
             qemu = QemuProcess(QemuConfig(
                 ram_mb=p.ram_mb, ram_path=main.mountpoint / RAM_PATH, kernel=image.kernel,
@@ -210,9 +231,9 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                           "host_uuid": qemu.libvirtd.reported_host_uuid()}
         scenario: dict[str, Any] = {}
         thread: threading.Thread | None = None
+        ctx = LabContext({h.name: a for h, a in zip(hosts, agents, strict=True)}, main,
+                         str(vm), RAM_PATH, p.workdir, qemu.alive, control, qemu, libvirtds)
         if p.scenario is not None:
-            ctx = LabContext({h.name: a for h, a in zip(hosts, agents, strict=True)}, main,
-                             str(vm), RAM_PATH, p.workdir, qemu.alive, control)
             body = p.scenario
 
             def run_scenario() -> None:
@@ -229,7 +250,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
                 thread.start()
                 return {"started": True}
             actions.append((p.scenario_after_s, "scenario", start_scenario))
-        result = _monitor(p, main, qemu, memcg, OracleMonitor(serial), on_sample, actions)
+        result = _monitor(p, ctx, qemu, memcg, OracleMonitor(serial), on_sample, actions)
         if thread is not None:
             thread.join(300)
             if thread.is_alive():
@@ -243,14 +264,16 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         per_host = {d.host: d.call("agent_stats") for d in agents if d.alive()}
         per_host_pages = {
             h: s["substore"]["vms"].get(str(vm), 0) for h, s in per_host.items()}
-        per_host_pages[main.host] = result.memfs["files"][RAM_PATH]["resident"]
-        view = memview.render(main.call("page_map", path=RAM_PATH), p.workdir)
+        here = result.memfs["files"].get(ctx.path) or {}
+        per_host_pages[ctx.main.host] = here.get("resident", 0)
+        view = memview.render(ctx.main.call("page_map", path=ctx.path), p.workdir)
         extra: dict[str, Any] = {"vm": str(vm), "pages_by_host": per_host_pages,
                  "fabric": {h: s["fabric"] for h, s in per_host.items()},
                  "memory_view": view,
                  "memory_map": [str(p.workdir / "memory-map.svg"),
                                 str(p.workdir / "memory-map.png")]}
         if guest_info:
+            guest_info["hosts"] = list(getattr(qemu, "hosts", []))
             extra["guest"] = guest_info
         if control is not None:
             extra["engine_operations"] = extra_ops

@@ -24,7 +24,14 @@ def format_progress(op: dict[str, Any], width: int = 28) -> str:
     what = op.get("kind", "operation").replace("_", " ")
     where = f"{op.get('source') or 'all'} -> {op.get('dest')}"
     eta = pr.get("eta_s", 0.0)
-    text = (f"{what} {where} [{bar}] {frac * 100:5.1f}% "
+    phase = (op.get("details") or {}).get("phase") or pr.get("phase")
+    if not total and phase:   # a main-host move's libvirt step: no bytes of its own
+        text = f"{what} {where}: {phase}"
+        dt = pr.get("downtime_ms")
+        if dt is not None:
+            text += f" (downtime {dt} ms)"
+    else:
+        text = (f"{what} {where} [{bar}] {frac * 100:5.1f}% "
             f"{done / MIB:7.1f}/{total / MIB:.1f} MiB {pr.get('rate_bytes_s', 0) / MIB:6.1f} "
             f"MiB/s ETA {eta:4.1f}s re-sent {pr.get('resent', 0)} "
             f"invalidated {pr.get('invalidated', 0)}")

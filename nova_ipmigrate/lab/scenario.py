@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -172,6 +173,142 @@ class LabOps:
                 raise ScenarioFailed(f"timed out waiting for {what}")
             time.sleep(0.05)
 
+    def main_move(self, dest: str, then: str = "pull", timeout: float = 600.0,
+                  inject: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Move the VM's main host (vCPUs, devices, resident pages) to ``dest``.
+
+        ``then``: after the switch, ``pull`` the old main host's pages to ``dest``,
+        or ``reintegrate`` every part onto it. Returns ``{"migration": the libvirt
+        step's operation, "moved", "pull": the pull (or reintegration) operation,
+        "downtime_ms" (QMP STOP at the source to RESUME at the destination),
+        "directory_ms", "total_s"}``; on failure ``moved`` is False and the VM
+        still runs on its main host.
+        """
+        ctx = self.ctx
+        src, dst = ctx.main, self.agent(dest)
+        libvirtd = ctx.libvirtds.get(self._lab_name(dest))
+        if libvirtd is None or not hasattr(ctx.guest, "expect_move"):
+            raise ScenarioFailed("a main-host move needs the guest to be a libvirt domain "
+                                 "(SplitParams.libvirt)")
+        t0 = time.monotonic()
+        if self.control is not None:
+            return self._main_move_engine(src, dst, libvirtd, then, timeout, inject, t0)
+        f = src.stats()["files"][ctx.path]
+        dst.call("incoming_prepare", vm=ctx.vm, size=int(f["size"]),
+                 resident_limit=int(f["resident_limit_pages"]) * PAGE,
+                 source=src.sub_host_entry())
+        ctx.guest.expect_move(libvirtd)
+        try:
+            op = src.call("main_migrate", path=ctx.path, dest=dst.sub_host_entry())
+            injector = None
+            if inject is not None:   # a failure to inject while it runs
+                injector = threading.Thread(target=inject, name="lab-inject", daemon=True)
+                injector.start()
+            op = self.wait(op, timeout, main=src)
+            if injector is not None:
+                injector.join(60)
+        except BaseException:
+            ctx.guest.expect_move(None)
+            raise
+        out: dict[str, Any] = {"migration": op, "moved": op["state"] == "done"}
+        if op["state"] != "done":
+            # the VM goes on here; the caller cleans the destination up (abort_incoming)
+            ctx.guest.expect_move(None)
+            return out
+        res = dst.call("incoming_commit", vm=ctx.vm, then=then)
+        ctx.main, ctx.path = dst, res["path"]
+        ctx.guest.ram_path = dst.mountpoint / res["path"]
+        stopped = (op.get("details") or {}).get("stopped_at")
+        if stopped and res.get("resumed_at"):
+            out["downtime_ms"] = round((res["resumed_at"] - stopped) * 1e3, 2)
+        out["directory_ms"] = res.get("directory_ms")
+        out["switched_s"] = round(time.monotonic() - t0, 3)
+        if "op" in res:
+            out["pull"] = self.wait(res["op"], timeout, main=dst)
+        out["total_s"] = round(time.monotonic() - t0, 3)
+        self.log(f"main host {src.host} -> {dst.host}: downtime "
+                 f"{out.get('downtime_ms')} ms (directory {out['directory_ms']} ms), "
+                 f"switched in {out['switched_s']} s, all in {out['total_s']} s")
+        return out
+
+    def _main_move_engine(self, src: AgentDaemon, dst: AgentDaemon, libvirtd: Any,
+                          then: str, timeout: float, inject: Callable[[], None] | None,
+                          t0: float) -> dict[str, Any]:
+        ctx = self.ctx
+        ctx.guest.expect_move(libvirtd)
+        try:
+            op = self.engine.main_host_migration(context(), ctx.vm, dest_host=dst.host,
+                                                 then=then)
+            injector = None
+            if inject is not None:
+                injector = threading.Thread(target=inject, name="lab-inject", daemon=True)
+                injector.start()
+            op = self.wait(op, timeout)
+            if injector is not None:
+                injector.join(60)
+        except BaseException:
+            ctx.guest.expect_move(None)
+            raise
+        moved = op.get("main_host") == dst.host
+        out: dict[str, Any] = {"migration": op, "moved": moved}
+        if not moved:
+            ctx.guest.expect_move(None)
+            return out
+        entry = next(v for v in dst.call("parts")["vms"] if v["vm"] == ctx.vm)
+        ctx.main, ctx.path = dst, str(entry["path"])
+        ctx.guest.ram_path = dst.mountpoint / ctx.path
+        pr = op.get("progress") or {}
+        out.update(downtime_ms=pr.get("downtime_ms"), directory_ms=pr.get("directory_ms"),
+                   pull=op, total_s=round(time.monotonic() - t0, 3))
+        self.log(f"main host {src.host} -> {dst.host} (engine operation {op['id']}): "
+                 f"downtime {out['downtime_ms']} ms (directory {out['directory_ms']} ms), "
+                 f"all in {out['total_s']} s")
+        return out
+
+    def source_op_ended(self, host: str) -> bool:
+        """The main-host move the VM's main host ``host`` runs has ended."""
+        ops = self.agent(host).call("ops")["ops"]
+        mine = [o for o in ops if o["kind"] == "main_host_migration" and o["vm"] == self.ctx.vm]
+        return bool(mine) and mine[-1]["state"] != "running"
+
+    def incoming_started(self, dest: str) -> bool:
+        """The destination of a main-host move created the incoming RAM file (its
+        libvirt started the incoming QEMU)."""
+        try:
+            inc = self.agent(dest).call("main_moves", timeout=2)["incoming"]
+        except Exception:  # noqa: BLE001 - not up (yet)
+            return False
+        return bool((inc.get(self.ctx.vm) or {}).get("path"))
+
+    def reboot_guest(self) -> dict[str, Any]:
+        """Reset the guest through its extra QMP monitor where it runs now."""
+        from nova_ipmigrate.qemu.qmp import QMPClient
+        guest = self.ctx.guest
+        with QMPClient(guest.qmp_socket_on(guest.libvirtd)).connect(timeout=10) as qmp:
+            qmp.execute("system_reset")
+        self.log(f"guest reset on {guest.libvirtd.host.name}")
+        return {"host": guest.libvirtd.host.name, "t": time.time()}
+
+    def abort_incoming(self, dest: str, timeout: float = 60.0) -> None:
+        """After a failed main-host move: the destination forgets the VM (once its
+        incoming QEMU is gone)."""
+        dst = self.agent(dest)
+
+        def gone() -> bool:
+            try:
+                dst.call("incoming_abort", vm=self.ctx.vm)
+            except Exception as exc:  # noqa: BLE001 - EBUSY while the incoming QEMU goes
+                LOG.info("incoming_abort on %s: %s", dst.host, exc)
+                return False
+            return True
+        self.wait_for(gone, timeout, f"the incoming domain on {dst.host} to go")
+
+    def _lab_name(self, host: str) -> str:
+        for name, a in self.ctx.agents.items():
+            if host in (name, a.host):
+                return name
+        raise KeyError(f"no lab host {host!r}")
+
     def drain(self, host: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         """Move every part the host holds elsewhere: ``{"plan": summary, "complete",
         "moves", "ops": [each part move's final dict], "op": the engine's drain}``."""
@@ -286,6 +423,84 @@ def drain_and_reintegrate(ctx: LabContext, ops: LabOps | None = None) -> dict[st
     _check(ops.held("h3") == 0, "h3 still holds pages after the drain")
     out["drain"] = {**drain, "layout": ops.layout()}
     return _reintegrate_all(ctx, ops, out)
+
+
+def _kill_when(ops: LabOps, dest: str, kill: Callable[[], None],
+               repair: Callable[[], None]) -> Callable[[], None]:
+    """An injector: ``kill`` once ``dest`` has started the incoming QEMU, then
+    ``repair`` once the old main host's libvirt step has ended."""
+    main = ops.ctx.main.host
+
+    def inject() -> None:
+        ops.wait_for(lambda: ops.incoming_started(dest), 60, f"the incoming domain on {dest}")
+        kill()
+        ops.wait_for(lambda: ops.source_op_ended(main), 300, "the libvirt step to end")
+        repair()
+    return inject
+
+
+def _failed_move(ctx: LabContext, ops: LabOps, dest: str, kill: Callable[[], None],
+                 repair: Callable[[], None], what: str) -> dict[str, Any]:
+    """A main-host move to ``dest`` during which ``kill`` runs: it must fail and
+    leave the VM running on its main host with every part where it was."""
+    main = ctx.main.host
+    res = ops.main_move(dest, inject=_kill_when(ops, dest, kill, repair))
+    if ops.control is None:
+        ops.abort_incoming(dest)   # the engine does it itself
+    _check(not res["moved"], f"the main-host move survived {what}: {res['migration']}")
+    _check(ctx.main.host == main and ctx.running(), f"the VM does not run on {main}")
+    layout = ops.layout()
+    _check(layout.get(ops.name(dest), 0) == 0, f"{dest} owns pages after {what}: {layout}")
+    _check(set(layout) <= {main, ops.name("h2"), ops.name("h3")}, f"layout {layout}")
+    ops.log(f"main-host move with {what}: {res['migration']['state']} "
+            f"({res['migration']['fault']}); the VM goes on at {main}")
+    return {"op": res["migration"], "layout": layout}
+
+
+def main_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]:
+    """Main-host moves of the VM (a libvirt domain on h1, parts on h2 and h3, h4 spare).
+
+    1. h4's agent is killed mid-migration, then h4's libvirtd: each time the VM
+       goes on at h1 with nothing moved; h4 is brought back.
+    2. Main-host partial migration h1 -> h4: the vCPUs move, h1's resident pages
+       follow, h1 is empty afterwards.
+    3. Reintegration onto h1, a host other than the main host (h4): the main
+       host moves there first, then every part comes to it in parallel.
+    4. The guest reboots (QMP system_reset; needs ``libvirt_on_reboot="restart"``).
+    """
+    ops = ops or LabOps(ctx)
+    out: dict[str, Any] = {"layout_before": ops.layout()}
+    h4 = ops.agent("h4")
+    lvd = ctx.libvirtds["h4"]
+
+    def restart_agent() -> None:
+        lvd.kill_domains()   # an incoming QEMU left on the dead mount
+        h4.start()
+    out["killed_agent"] = _failed_move(
+        ctx, ops, "h4", lambda: os.kill(h4.pid, signal.SIGKILL), restart_agent,
+        "the destination's agent killed")
+    def kill_orphans() -> None:
+        lvd.kill_domains()   # the incoming QEMU the killed libvirtd left
+    out["killed_libvirtd"] = _failed_move(
+        ctx, ops, "h4", lvd.kill, kill_orphans, "the destination's libvirtd killed")
+    lvd.start()
+    res = ops.main_move("h4")
+    _check(res["moved"], f"main-host move to h4: {res['migration']}")
+    _done(res["pull"])
+    _check(ctx.main.host == ops.name("h4"), "h4 is not the main host")
+    ops.wait_for(lambda: not ops.agent("h1").stats()["files"], 30, "h1 to release the RAM")
+    out["main_host_migration"] = {**res, "layout": ops.layout()}
+    _check(ops.name("h1") not in out["main_host_migration"]["layout"],
+           f"h1 still holds pages: {out['main_host_migration']['layout']}")
+    res = ops.main_move("h1", then="reintegrate")
+    _check(res["moved"], f"main-host move to h1: {res['migration']}")
+    _done(res["pull"])
+    layout = ops.layout()
+    _check(set(layout) == {ops.name("h1")}, f"pages left elsewhere: {layout}")
+    ops.wait_for(lambda: not ops.agent("h4").stats()["files"], 30, "h4 to release the RAM")
+    out["reintegration"] = {**res, "layout": layout}
+    out["reboot"] = ops.reboot_guest()
+    return out
 
 
 def _refused(call: Callable[[], Any], cls: type[BaseException], match: str) -> str:
@@ -445,6 +660,7 @@ def full(ctx: LabContext) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[LabContext], dict[str, Any]]] = {
+    "main-host-moves": main_host_moves,
     "sub-host-moves": sub_host_moves,
     "drain-reintegrate": drain_and_reintegrate,
     "full": full,

@@ -178,7 +178,7 @@ def run_single_host(p: SingleHostParams,
 
 def _file_stats(stats: dict[str, Any]) -> dict[str, Any]:
     files: dict[str, Any] = stats["files"]
-    return files.get(RAM_PATH) or next(iter(files.values()))
+    return files.get(RAM_PATH) or next(iter(files.values()), {})
 
 
 #: an action run once, ``after_s`` seconds after the oracle filled its memory
@@ -195,7 +195,13 @@ class Guest(Protocol):
     def wait(self, timeout: float | None = None) -> int | None: ...
 
 
-def _monitor(p: SingleHostParams, daemon: MemfsDaemon, qemu: Guest, memcg: MemoryCgroup,
+class StatsSource(Protocol):
+    """Where a run reads memfs statistics: a daemon, or the VM's current main host."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def _monitor(p: SingleHostParams, daemon: StatsSource, qemu: Guest, memcg: MemoryCgroup,
              oracle: OracleMonitor, on_sample: Callable[[Sample], None] | None,
              actions: list[Action] | None = None) -> RunResult:
     t0 = time.monotonic()

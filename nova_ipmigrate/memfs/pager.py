@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nova_ipmigrate.memfs import syscalls
 from nova_ipmigrate.memfs.metrics import LatencyHistogram
@@ -156,8 +157,13 @@ class Pager:
     def push_some(self, ram: RamFile, buf: memoryview) -> bool:
         """Move one batch of paged-out pages to a sub-host; drop stale copies."""
         table, remote, vm = ram.table, ram.remote, ram.vm
-        if table is None or remote is None or vm is None:
+        if table is None or remote is None or vm is None or ram.quiet:
             return False
+        with ram.pager_lock:
+            return self._push_locked(ram, table, remote, vm, buf)
+
+    def _push_locked(self, ram: RamFile, table: Any, remote: Any, vm: Any,
+                     buf: memoryview) -> bool:
         busy = False
         # Drops first, and synchronously: a stale copy's drop must reach its holder
         # before any later push of the same page to it, or it would delete that one.
@@ -168,7 +174,7 @@ class Pager:
             except Exception as exc:
                 LOG.warning("dropping %d stale page(s) at %s failed: %s", len(pages),
                             remote.holder_name(holder), exc)
-        cands = table.push_candidates(len(buf) // PAGE_SIZE, buf)
+        cands = [] if ram.frozen else table.push_candidates(len(buf) // PAGE_SIZE, buf)
         if cands:
             busy = True
             pages = [p for p, _ in cands]

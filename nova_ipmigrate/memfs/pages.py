@@ -49,6 +49,11 @@ class PageState(enum.IntEnum):
 RESIDENT = (PageState.CACHED, PageState.CACHED_ZERO, PageState.PINNED)
 _ZERO, _STORED, _CACHED, _CZ, _PINNED, _REMOTE = (int(s) for s in PageState)
 
+#: directory code of a page the (old) main host holds itself
+HERE = 255
+_HERE_CODES = bytes(HERE if s in (_STORED, _CACHED, _CZ, _PINNED) else 0 for s in range(256))
+_STATE_OF_CODE = bytes([_ZERO]) + bytes([_REMOTE]) * 255
+
 F_WINDOW = 1          # inside an open eviction window
 F_READ_IN_WINDOW = 2  # paged in while its window was open: stays resident
 
@@ -300,6 +305,43 @@ class PageTable:
                 elif st != _ZERO:
                     out[0] = out.get(0, 0) + 1
             return out
+
+    # -- the directory, handed over in a main-host move -------------------------------
+
+    def directory(self) -> bytes:
+        """One code per page: 0 never written, :data:`HERE` resident or in the local
+        store, else the holder (sub-host) that has it."""
+        with self.lock:
+            state, holder = bytes(self.state), bytes(self.holder)
+        if self.npages and max(holder) >= HERE:
+            raise ValueError(f"holder {HERE} cannot be encoded in a directory")
+        here = state.translate(_HERE_CODES)
+        n = self.npages
+        return (int.from_bytes(here, "little") | int.from_bytes(holder, "little")).to_bytes(
+            n, "little")
+
+    def install_directory(self, codes: bytes, holder_map: bytes) -> int:
+        """A new main host takes the old one's directory: each page with a code other
+        than 0 becomes ``REMOTE`` at ``holder_map[code]`` (a 256-byte translation
+        table; :data:`HERE` maps to the old main host). Only before any page-in.
+        Returns the pages now remote."""
+        if len(codes) != self.npages or len(holder_map) != 256 or holder_map[0] != 0:
+            raise ValueError("a directory of another size, or a bad holder map")
+        state = codes.translate(_STATE_OF_CODE)
+        holder = codes.translate(holder_map)
+        for code in range(1, 256):
+            if holder_map[code] == 0 and codes.find(bytes([code])) >= 0:
+                raise ValueError(f"directory code {code} has no holder here")
+        with self.lock:
+            if self.counts[_ZERO] != self.npages:
+                raise ValueError("pages were paged in before the directory arrived")
+            self.state[:] = state
+            self.holder[:] = holder
+            remote = state.count(_REMOTE)
+            self.counts = [0] * len(PageState)
+            self.counts[_ZERO] = self.npages - remote
+            self.counts[_REMOTE] = remote
+            return remote
 
     def queue_push_all(self) -> int:
         """Queue every page in the local store for a push (re-splitting a gathered VM)."""

@@ -153,6 +153,8 @@ FALLOCATE_IN = struct.Struct("=QQQII")
 KSTATFS = struct.Struct("=QQQQQIIII24x")       # fuse_kstatfs (80 bytes)
 DIRENT = struct.Struct("=QQII")                # ino off namelen type, then name
 NOTIFY_INVAL_INODE = struct.Struct("=Qqq")
+#: fuse_notify_inval_entry_out: parent, namelen, flags; the name and a NUL follow
+NOTIFY_INVAL_ENTRY = struct.Struct("=QII")
 NOTIFY_STORE = struct.Struct("=QQII")
 
 assert ATTR.size == 88 and INIT_OUT.size == 64 and SETATTR_IN.size == 88
@@ -234,6 +236,13 @@ def notification(code: NotifyCode, payload: bytes) -> bytes:
 def inval_inode(nodeid: int, offset: int, length: int) -> bytes:
     return notification(NotifyCode.INVAL_INODE,
                         NOTIFY_INVAL_INODE.pack(nodeid, offset, length))
+
+
+def inval_entry(parent: int, name: str) -> bytes:
+    """Tell the kernel to forget the dentry ``name`` in ``parent`` (the daemon removed it)."""
+    raw = name.encode()
+    return notification(NotifyCode.INVAL_ENTRY,
+                        NOTIFY_INVAL_ENTRY.pack(parent, len(raw), 0) + raw + b"\0")
 
 
 def pack_dirent(ino: int, off: int, name: bytes, dtype: int) -> bytes:

@@ -7,10 +7,13 @@ lock-on-fault mapping used to pin resident pages against reclaim).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nova_ipmigrate.memfs import syscalls
@@ -30,6 +33,47 @@ class DaemonHandles:
     fd: int
     addr: int
     length: int
+
+
+class DirectoryGate:
+    """A RAM file whose page directory is still on the old main host (main-host move).
+
+    QEMU at the new main host reads guest RAM first while it loads the device
+    state, that is after the source stopped. The first READ fetches the
+    directory (``fetch`` installs it in the page table), every other waits for
+    it; a fetch that fails fails them all (EIO: the destination does not load,
+    libvirt resumes the source).
+    """
+
+    def __init__(self, fetch: Callable[[], None], timeout: float = 30.0) -> None:
+        self._fetch = fetch
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.error: str | None = None
+        self.fetched_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        if not self._done.is_set() and self._lock.acquire(blocking=False):
+            try:
+                if not self._done.is_set():
+                    try:
+                        self._fetch()
+                        self.fetched_at = time.time()
+                    except Exception as exc:  # reported to every reader
+                        LOG.error("fetching the page directory failed: %s", exc)
+                        self.error = str(exc) or type(exc).__name__
+                    self._done.set()
+            finally:
+                self._lock.release()
+        if not self._done.wait(self.timeout):
+            raise OSError(errno.ETIMEDOUT, "the page directory did not arrive")
+        if self.error is not None:
+            raise OSError(errno.EIO, f"no page directory: {self.error}")
 
 
 class RamFile:
@@ -64,6 +108,16 @@ class RamFile:
         self._below_hard = threading.Condition()
         #: the evictor cannot page out (store full): page-ins must not wait for it
         self.eviction_stalled = False
+        #: main-host move away from here: no page leaves for a sub-host any more
+        #: (stale copies are still dropped), so the directory can be handed over
+        self.frozen = False
+        #: main-host move to here, until it is committed: nothing is sent to the
+        #: holders (no push, no drop), because the old main host may resume
+        self.quiet = False
+        #: held by the pusher around each batch: waiting for it waits out a push
+        self.pager_lock = threading.Lock()
+        #: main-host move to here: READs wait until the page directory arrived
+        self.incoming: DirectoryGate | None = None
 
     @property
     def npages(self) -> int:
@@ -192,4 +246,6 @@ class RamFile:
             "remote_page_ins": s.remote_page_ins, "remote_page_outs": s.remote_page_outs,
             "remote_stale": s.remote_stale, "vm": str(self.vm) if self.vm else None,
             "broken": bool(self.lost_pages), "lost_remote_pages": sorted(self.lost_pages)[:64],
+            "frozen": self.frozen, "quiet": self.quiet,
+            "incoming": self.incoming is not None and not self.incoming.done,
         }

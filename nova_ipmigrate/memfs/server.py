@@ -22,7 +22,7 @@ from typing import Any
 from nova_ipmigrate.memfs import mount as mnt
 from nova_ipmigrate.memfs import victim, watchdog
 from nova_ipmigrate.memfs.pager import Pager, PagerConfig
-from nova_ipmigrate.memfs.protocol import PAGE_SIZE
+from nova_ipmigrate.memfs.protocol import PAGE_SIZE, inval_entry
 from nova_ipmigrate.memfs.ramfile import RamFile
 from nova_ipmigrate.memfs.session import READ_BUFFER, FuseSession, ReaderContext, SessionConfig
 from nova_ipmigrate.memfs.store import PageStore
@@ -254,6 +254,44 @@ class MemFS:
             f.ram.resize(size)
             f.ram.set_resident_limit(resident_limit_bytes // PAGE_SIZE)
             return f.ram
+
+    def list_dir(self, path: str) -> list[str]:
+        """Names in directory ``path`` (empty if there is none)."""
+        tree = self.session.tree
+        with tree.lock:
+            node = tree.root
+            for name in [p for p in path.strip("/").split("/") if p]:
+                child = node.children.get(name)
+                if child is None or not child.is_dir:
+                    return []
+                node = child
+            return sorted(node.children)
+
+    def remove_ram_file(self, path: str) -> bool:
+        """The agent ends a RAM file it prepared: unpinned and unlinked; its pages are
+        freed once QEMU and the kernel let go of it. False: there was none."""
+        parts = [p for p in path.strip("/").split("/") if p]
+        tree = self.session.tree
+        with tree.lock:
+            node = tree.root
+            for name in parts[:-1]:
+                child = node.children.get(name)
+                if child is None:
+                    return False
+                node = child
+            f = node.children.get(parts[-1]) if parts else None
+            if f is None or f.ram is None:
+                return False
+            f.pinned = False
+            tree.detach(node, parts[-1])
+            parent = node.nodeid
+        try:  # the kernel's dentry goes too: then it forgets the inode, and we free it
+            self._notify(inval_entry(parent, parts[-1]))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EBADF, errno.ENODEV):
+                LOG.warning("invalidating %s: %s", path, exc)
+        self.pager.wake()
+        return True
 
     def set_resident_limit(self, path: str, limit_bytes: int) -> None:
         self.find(path).set_resident_limit(limit_bytes // PAGE_SIZE)

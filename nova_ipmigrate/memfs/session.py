@@ -354,6 +354,12 @@ class FuseSession:
         if table is None or offset >= ram.size or size == 0:
             return [P.out_header(req.unique, 0)]
         size = min(size, ram.size - offset, MAX_WRITE)
+        gate = ram.incoming
+        if gate is not None:
+            try:
+                gate.wait()
+            except OSError as exc:
+                return [P.error_reply(req.unique, exc.errno or errno.EIO)]
         if self._throttle.acquire(blocking=False):
             try:
                 if ram.throttle(self.config.throttle_max_wait_s):

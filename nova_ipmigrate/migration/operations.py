@@ -84,6 +84,8 @@ class Operation:
     request_id: str | None = None
     #: for naive strategies: their own progress (no PartTransfer)
     naive: dict[str, Any] = field(default_factory=dict)
+    #: operations that are not part moves (main-host migration): their own steps
+    details: dict[str, Any] = field(default_factory=dict)
     #: the plugin behind ``strategy``
     plan: strategies.TransferStrategy | None = field(default=None, repr=False,
                                                      compare=False)
@@ -97,6 +99,14 @@ class Operation:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._finished.wait(timeout)
+
+    @property
+    def abort_requested(self) -> bool:
+        return self._abort.is_set()
+
+    def finish(self, state: OpState, error: str | None = None) -> None:
+        """End an operation that has no part transfers (they end theirs themselves)."""
+        self._finish(state, error)
 
     def _finish(self, state: OpState, error: str | None = None) -> None:
         self.state = state
@@ -126,7 +136,8 @@ class Operation:
                 "state": self.state.value, "fault": self.error,
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "progress": total, "parts": parts,
-                **({"naive": dict(self.naive)} if self.naive else {})}
+                **({"naive": dict(self.naive)} if self.naive else {}),
+                **({"details": dict(self.details)} if self.details else {})}
 
 
 class Operations:
@@ -186,6 +197,15 @@ class Operations:
             return strategies.load(name or self.default_strategy, self._extensions)
         except (strategies.UnknownStrategy, TypeError) as exc:
             raise OperationError(str(exc)) from exc
+
+    def new_operation(self, kind: str, ram: RamFile, path: str, source: str | None,
+                      dest: str, request_id: str | None = None) -> Operation:
+        """Register an operation another module runs (it calls :meth:`release`)."""
+        return self._new(kind, ram, path, None, source, dest, request_id)
+
+    def release(self, op: Operation) -> None:
+        """``op`` ended: its RAM file may take another operation."""
+        self._release(op)
 
     def _new(self, kind: str, ram: RamFile, path: str, strategy: str | None,
              source: str | None, dest: str, request_id: str | None = None) -> Operation:

@@ -192,6 +192,11 @@ class QMPClient:
         with self._cond:
             return [e for e in self.events[since:] if e.name == name]
 
+    def events_since(self, since: int) -> list[QMPEvent]:
+        """Every event from index ``since`` on, in arrival order."""
+        with self._cond:
+            return list(self.events[since:])
+
     def wait_event(self, name: str, timeout: float, since: int = 0) -> QMPEvent | None:
         """Wait for event ``name`` at index >= ``since``; None on timeout."""
         def find() -> QMPEvent | None:

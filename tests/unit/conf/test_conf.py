@@ -13,7 +13,7 @@ import nova_ipmigrate.conf
 from nova_ipmigrate.conf import opts
 
 EXPECTED_GROUPS = {"DEFAULT", "memfs", "guest", "lab", "fabric", "agent", "migration",
-                   "engine", "database"}
+                   "engine", "database", "libvirt"}
 
 
 def _group_name(group: str | cfg.OptGroup | None) -> str:

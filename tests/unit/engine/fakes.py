@@ -44,7 +44,8 @@ class Direct:
 
 
 #: methods that change something on an agent
-MUTATING = ("split", "partial_migrate", "reintegrate", "op_abort")
+MUTATING = ("split", "partial_migrate", "reintegrate", "op_abort", "main_migrate",
+            "incoming_prepare", "incoming_commit", "incoming_abort")
 
 
 class FakeAgents:
@@ -67,6 +68,8 @@ class FakeAgents:
         #: an aborted agent op keeps running (its abort takes long)
         self.hold_abort = False
         self.refuse: dict[str, exception.IPMigrateException] = {}
+        #: incoming main-host moves by (host, vm): "prepared" | "busy" (its QEMU goes)
+        self.incoming: dict[tuple[str, str], str] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
@@ -224,6 +227,55 @@ class FakeAgents:
         with self._lock:
             self._enter("ops", host)
             return {"ops": [self._view(o) for o in self.agent_ops[host].values()]}
+
+    def stats(self, ctxt: Any, host: str) -> dict[str, Any]:
+        with self._lock:
+            self._enter("stats", host)
+            files = {e["path"]: {"size": 1 << 30, "resident_limit_pages": 65536}
+                     for e in self.vms.values() if e["main_host"] == host}
+            return {"ok": True, "stats": {"files": files}}
+
+    def incoming_prepare(self, ctxt: Any, host: str, vm: str, size: int,
+                         resident_limit: int, source: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._enter("incoming_prepare", host, vm=vm, size=size, source=source["name"])
+            self.incoming[(host, vm)] = "prepared"
+            return {"ok": True}
+
+    def main_migrate(self, ctxt: Any, host: str, path: str, dest: dict[str, Any],
+                     request_id: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            self._enter("main_migrate", host, path=path, dest=dest["name"],
+                        request_id=request_id)
+            vm = self._vm_at(host, path)
+            op = self._new_op(host, "main_host_migration", vm, [], dest["name"], request_id,
+                              details={"phase": "migrating", "stopped_at": 100.0})
+            op["progress"]["pages_total"] = 1   # ends on its next op_status
+            return self._view(op)
+
+    def incoming_commit(self, ctxt: Any, host: str, vm: str, then: str = "pull",
+                        request_id: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            self._enter("incoming_commit", host, vm=vm, then=then, request_id=request_id)
+            if self.incoming.pop((host, vm), None) is None:
+                raise exception.NotFound(f"no main-host move of {vm} to {host}", reason=vm)
+            entry = self.vms[vm]
+            old = entry["main_host"]
+            entry["main_host"] = host
+            self.used[old] += entry["pages_by_host"].get(old, 0)   # a holder now
+            entry["holders"] = [h for h in entry["pages_by_host"] if h != host]
+            sources = [old] if then == "pull" else list(entry["holders"])
+            op = self._new_op(host, "partial_migration" if then == "pull" else
+                              "reintegration", vm, sources, host, request_id)
+            return {"ok": True, "resumed_at": 100.0125, "directory_ms": 3.5,
+                    "op": self._view(op)}
+
+    def incoming_abort(self, ctxt: Any, host: str, vm: str) -> dict[str, Any]:
+        with self._lock:
+            self._enter("incoming_abort", host, vm=vm)
+            if self.incoming.get((host, vm)) == "busy":
+                raise exception.Conflict(f"the incoming QEMU of {vm} still runs", reason=vm)
+            return {"ok": True, "removed": self.incoming.pop((host, vm), None) is not None}
 
     def op_abort(self, ctxt: Any, host: str, op_id: str) -> dict[str, Any]:
         with self._lock:

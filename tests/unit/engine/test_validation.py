@@ -81,7 +81,7 @@ def test_conflicting_operation(engine: Engine, agents: FakeAgents) -> None:
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [
     ({"vm": "nope"}, exception.NotFound, "nope"),
-    ({"vm": "vm1", "target_host": "h2"}, exception.Invalid, "main host h1, not h2"),
+    ({"vm": "vm1", "target_host": "h2"}, exception.Invalid, "h2 holds a part of vm1"),
     ({"vm": "vm1", "target_host": "h7"}, exception.Invalid, "not a known host"),
     ({"vm": "vm1", "strategy": None}, exception.Invalid, "unknown strategy"),
 ])

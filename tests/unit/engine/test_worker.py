@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nova_ipmigrate import exception
 from tests.unit.engine.fakes import Engine, FakeAgents, notifications
 
@@ -242,3 +244,87 @@ def test_one_move_per_vm_at_a_time(engine: Engine, agents: FakeAgents) -> None:
     engine.worker.tick()
     engine.worker.tick()
     assert engine.state(child.id) == "running"
+
+
+# -- main-host migration -------------------------------------------------------------
+
+
+def test_main_host_migration_switches_then_pulls(engine: Engine, agents: FakeAgents) -> None:
+    op = engine.manager.main_host_migration({}, vm="vm1", dest_host="h4")
+    assert op["kind"] == "main_host_migration" and op["source_host"] == "h1"
+    final = engine.run(op["id"])
+    assert final["state"] == "done", final
+    assert final["main_host"] == "h4" and final["progress"]["downtime_ms"] == 12.5
+    assert agents.layout("vm1") == {"h4": 300, "h2": 200, "h3": 100}
+    calls = [(c[0], c[1]) for c in agents.mutating_calls()]
+    assert calls == [("incoming_prepare", "h4"), ("main_migrate", "h1"),
+                     ("incoming_commit", "h4")]
+
+
+def test_main_host_migration_chooses_a_host_holding_nothing(engine: Engine,
+                                                          agents: FakeAgents) -> None:
+    op = engine.manager.main_host_migration({}, vm="vm1")
+    assert op["dest_host"] == "h4"
+
+
+def test_reintegration_onto_another_host_is_a_main_host_move(engine: Engine,
+                                                             agents: FakeAgents) -> None:
+    op = engine.manager.reintegration({}, vm="vm1", target_host="h4")
+    assert op["kind"] == "main_host_migration" and op["params"]["then"] == "reintegrate"
+    assert engine.run(op["id"])["state"] == "done"
+    assert agents.layout("vm1") == {"h4": 600}
+
+
+@pytest.mark.parametrize(("dest", "match"), [("h1", "is the main host"),
+                                             ("h2", "holds a part")])
+def test_main_host_migration_bad_destinations(engine: Engine, agents: FakeAgents,
+                                              dest: str, match: str) -> None:
+    with pytest.raises(exception.Invalid, match=match):
+        engine.manager.main_host_migration({}, vm="vm1", dest_host=dest)
+    with pytest.raises(exception.Invalid, match="then must be"):
+        engine.manager.main_host_migration({}, vm="vm1", dest_host="h4", then="later")
+    assert engine.db.list() == [] and agents.mutating_calls() == []
+
+
+def test_failed_main_host_migration_cleans_the_destination(engine: Engine,
+                                                           agents: FakeAgents) -> None:
+    op = engine.manager.main_host_migration({}, vm="vm1", dest_host="h4")
+    engine.worker.tick()                     # starting: prepared, started
+    aop = engine.db.get(op["id"]).agent_op_id
+    agents.incoming[("h4", "vm1")] = "busy"  # the incoming QEMU is still there
+    agents.finish("h1", aop, "failed", "libvirt migration failed: boom")
+    engine.worker.tick()
+    assert engine.state(op["id"]) == "running"        # asks again while it goes
+    agents.incoming[("h4", "vm1")] = "prepared"
+    final = engine.run(op["id"])
+    assert final["state"] == "failed" and "boom" in final["fault"]
+    assert "goes on at h1" in final["fault"] and final["main_host"] == "h1"
+    assert agents.layout("vm1") == {"h1": 300, "h2": 200, "h3": 100}
+    assert ("h4", "vm1") not in agents.incoming
+
+
+def test_abort_main_host_migration_before_the_switch(engine: Engine,
+                                                     agents: FakeAgents) -> None:
+    agents.hold = True
+    op = engine.manager.main_host_migration({}, vm="vm1", dest_host="h4")
+    engine.worker.tick()
+    engine.manager.abort_operation({}, op_id=op["id"])
+    agents.hold = False
+    final = engine.run(op["id"])
+    assert final["state"] == "aborted" and final["main_host"] == "h1"
+    assert any(c[0] == "op_abort" and c[1] == "h1" for c in agents.calls)
+    assert ("h4", "vm1") not in agents.incoming
+
+
+def test_main_host_migration_resumes_after_a_restart(db_path, agents: FakeAgents,  # type: ignore[no-untyped-def]
+                                                     ) -> None:
+    first = Engine(db_path, agents)
+    op = first.manager.main_host_migration({}, vm="vm1", dest_host="h4")
+    first.worker.tick()
+    first.close()
+    second = Engine(db_path, agents)
+    try:
+        assert second.run(op["id"])["state"] == "done"
+        assert [c[0] for c in agents.mutating_calls()].count("main_migrate") == 1
+    finally:
+        second.close()

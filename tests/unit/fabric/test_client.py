@@ -496,3 +496,14 @@ def test_copy_to_an_unreachable_destination_is_an_error(
         # The connection to S is still usable.
         assert bytes(to_s.get_pages(VM, [1])[0]) == page(1)
     assert s_server.stats().errors == 1
+
+
+def test_get_directory(server: FabricServer, service: RecordingService) -> None:
+    """GET_DIRECTORY reaches the service's ``directory``; its refusal comes back."""
+    with client_for(server) as client:
+        with pytest.raises(RemoteBadRequestError, match="no main-host move"):
+            client.get_directory(VM)
+        codes = bytes(range(256)) * 64
+        service.directory = lambda vm: (b'{"npages": 16384}', codes)  # type: ignore[method-assign]
+        head, got = client.get_directory(VM)
+        assert head == b'{"npages": 16384}' and got == codes

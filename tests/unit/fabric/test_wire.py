@@ -396,3 +396,22 @@ def test_partial_migration_needs_authentication(type_: wire.MessageType) -> None
 def test_malformed_copy_pages(raw: bytes, match: str) -> None:
     with pytest.raises(FabricProtocolError, match=match):
         split(raw)
+
+
+def test_directory_round_trip() -> None:
+    codes = bytes([0, 1, 255, 2]) * 1000
+    frame = b"".join(bytes(b) for b in wire.encode_directory(7, VM, b'{"npages": 4000}', codes))
+    header = wire.parse_header(frame[:wire.HEADER_SIZE])
+    assert header.type is wire.MessageType.DIRECTORY and header.count == 0
+    head, got = wire.decode_directory(memoryview(frame[wire.HEADER_SIZE:]))
+    assert head == b'{"npages": 4000}' and got == codes
+    assert wire.REPLY_TO[wire.MessageType.GET_DIRECTORY] is wire.MessageType.DIRECTORY
+
+
+def test_directory_refuses_bad_frames() -> None:
+    with pytest.raises(ValueError, match="one line"):
+        wire.encode_directory(1, VM, b"a\nb", b"")
+    with pytest.raises(FabricProtocolError, match="header line"):
+        wire.decode_directory(memoryview(b"no newline"))
+    with pytest.raises(FabricProtocolError):   # GET_DIRECTORY carries nothing
+        wire.parse_header(wire.encode_header(wire.MessageType.GET_DIRECTORY, 1, VM, 0, 8))

@@ -32,7 +32,17 @@ def test_config_is_private_to_the_host(tmp_path: Path) -> None:
     script = d.inner_script()
     for sub, target in libvirt.BIND_DIRS.items():
         assert f"mount --bind {tmp_path}/h1/libvirt/{sub} {target}" in script
-    assert script.splitlines()[-1] == f"exec {libvirt.LIBVIRTD}"
+    assert script.splitlines()[-1] == f"exec {libvirt.LIBVIRTD} --listen"
+    # peer-to-peer migrations reach it on the host's lab address only
+    assert "listen_tcp = 1" in conf and 'listen_addr = "10.254.0.2"' in conf
+    assert not (etc / "hooks" / "qemu.d" / "50-nova-ipmigrate").exists()
+
+
+def test_hook_is_installed_executable(tmp_path: Path) -> None:
+    d = libvirt.LabLibvirtd(_host(tmp_path), tmp_path / "h1" / "mnt", hook="#!/bin/sh\n")
+    d.write_config()
+    hook = tmp_path / "h1" / "libvirt" / "etc" / "hooks" / "qemu.d" / "50-nova-ipmigrate"
+    assert hook.read_text() == "#!/bin/sh\n" and hook.stat().st_mode & 0o111
     cmd = d.command(["virsh", "list"])
     assert cmd[0] == "nsenter" and "--net=/run/netns/ipm-h1" in cmd and cmd[-2:] == [
         "virsh", "list"]

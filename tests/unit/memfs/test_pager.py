@@ -81,3 +81,56 @@ def test_pin_some_needs_an_attached_file() -> None:
     _fault(ram, [0])
     p = Pager(PagerConfig(pin=True), lambda: [], lambda m: None, "/nonexistent")
     assert p.pin_some(ram) is False
+
+
+class _Remote:
+    """What push_some uses of a RemotePaging backend: records pushes and drops."""
+
+    def __init__(self) -> None:
+        self.pushed: list[int] = []
+        self.dropped: list[int] = []
+
+    def push(self, vm: object, pages: list[int], data: object, exclude: object = ()) -> int:
+        self.pushed += pages
+        return 1
+
+    def drop(self, vm: object, holder: int, pages: list[int]) -> None:
+        self.dropped += pages
+
+    def holder_name(self, holder: int) -> str:
+        return f"sub{holder}"
+
+
+def _paged_out(frozen: bool = False, quiet: bool = False) -> tuple[RamFile, _Remote]:
+    """A split RAM file with 4 pages paged out (to push) and 1 stale copy to drop."""
+    import uuid
+    ram = _ram(8, 16, 0)
+    remote = _Remote()
+    ram.set_remote(uuid.uuid4(), remote)  # type: ignore[arg-type]
+    _fault(ram, [0, 1, 2, 3])
+    assert ram.table is not None
+    win = ram.table.begin_window(4)
+    assert win is not None
+    ram.table.end_window(win)
+    ram.table._drop_queue.append((1, 7))
+    ram.frozen, ram.quiet = frozen, quiet
+    return ram, remote
+
+
+def test_a_frozen_file_sends_drops_but_pushes_nothing() -> None:
+    """Main-host move away: the directory must stop changing, stale copies still go."""
+    buf = memoryview(bytearray(8 * PAGE_SIZE))
+    ram, remote = _paged_out(frozen=True)
+    _pager([]).push_some(ram, buf)
+    assert remote.dropped == [7] and remote.pushed == []
+    ram.frozen = False
+    _pager([]).push_some(ram, buf)
+    assert remote.pushed == [1, 2, 3]   # page 0 is all zeros: elided, nothing to push
+
+
+def test_a_quiet_file_sends_nothing_at_all() -> None:
+    """Main-host move here, not committed: the old main host may resume."""
+    buf = memoryview(bytearray(8 * PAGE_SIZE))
+    ram, remote = _paged_out(quiet=True)
+    assert not _pager([]).push_some(ram, buf)
+    assert remote.dropped == [] and remote.pushed == []

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from nova_ipmigrate.memfs.pages import PageState, Window, contiguous_runs
+from nova_ipmigrate.memfs.pages import HERE, PageState, PageTable, Window, contiguous_runs
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
-from nova_ipmigrate.memfs.store import StoreFull
+from nova_ipmigrate.memfs.store import PageStore, StoreFull
 from tests.unit.memfs.kernel_model import ZERO, KernelModel, page_value
 
 
@@ -420,3 +420,51 @@ def test_random_policy_evicts_resident_pages_only() -> None:
     assert all(k.table.state[p] == PageState.ZERO for p in range(1, 64, 2))
     k.check()
     k.check_slots()
+
+
+def _table(n: int = 16) -> tuple[PageTable, PageStore]:
+    store = PageStore(64)
+    return PageTable(n, store), store
+
+
+def test_directory_codes_each_page_by_where_it_is() -> None:
+    t, _store = _table()
+    buf = memoryview(bytearray(PAGE_SIZE))
+    t.read(1, 1, buf)                        # resident (cached zero)
+    t.read(2, 1, buf)
+    t.write(2, 0, memoryview(b"\x07" * PAGE_SIZE))
+    with t.lock:
+        t.state[5], t.holder[5] = int(PageState.REMOTE), 3
+        t.counts[0] -= 1
+        t.counts[int(PageState.REMOTE)] += 1
+    codes = t.directory()
+    assert len(codes) == 16 and codes[0] == 0 and codes[5] == 3
+    assert codes[1] == codes[2] == HERE
+    assert sum(1 for c in codes if c) == 3
+
+
+def test_install_directory_makes_every_written_page_remote() -> None:
+    src, _ = _table()
+    codes = bytes([0, HERE, 2, 0] * 4)
+    dst, _ = _table()
+    holder_map = bytearray(256)
+    holder_map[HERE], holder_map[2] = 1, 4
+    assert dst.install_directory(codes, bytes(holder_map)) == 8
+    assert dst.holder_of([1, 2, 3]) == [1, 4, 0]
+    assert dst.state_counts()["remote"] == 8 and dst.counts[0] == 8
+    assert dst.remote_pages(4) == [(p, 0) for p in range(2, 16, 4)]
+    del src
+
+
+def test_install_directory_refusals_change_nothing() -> None:
+    t, _ = _table()
+    identity = bytearray(256)
+    identity[HERE] = 1
+    with pytest.raises(ValueError, match="another size"):
+        t.install_directory(bytes(8), bytes(identity))
+    with pytest.raises(ValueError, match="code 9 has no holder"):
+        t.install_directory(bytes([9]) + bytes(15), bytes(identity))
+    t.read(0, 1, memoryview(bytearray(PAGE_SIZE)))      # paged in before the directory
+    with pytest.raises(ValueError, match="paged in before"):
+        t.install_directory(bytes(16), bytes(identity))
+    assert t.state_counts()["remote"] == 0

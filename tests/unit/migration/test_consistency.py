@@ -8,6 +8,7 @@ purpose until that race is fixed.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Collection, Sequence
 
@@ -656,6 +657,8 @@ class _Remote:
 class _Ram:
     def __init__(self, table: PageTable, remote: _Remote) -> None:
         self.table, self.remote, self.vm = table, remote, uuid.uuid4()
+        self.quiet = self.frozen = False
+        self.pager_lock = threading.Lock()
 
 
 def test_pusher_sends_every_queued_drop_before_its_next_push() -> None:

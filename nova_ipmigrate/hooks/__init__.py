@@ -1,0 +1,1 @@
+"""Hooks run by other programs on a compute host (libvirt's qemu hook)."""

@@ -1,0 +1,104 @@
+"""libvirt's qemu hook: tells this host's agent what its domains do.
+
+Installed as ``/etc/libvirt/hooks/qemu.d/50-nova-ipmigrate`` (a script that runs
+``python -m nova_ipmigrate.hooks.libvirt_qemu --control-socket PATH "$@"``; see
+:func:`hook_script`). libvirt calls it as ``qemu.d/X <domain> <op> <sub-op> <extra>``
+with the domain XML on stdin, synchronously. What it does:
+
+* ``start begin``: QEMU is about to start (also for an incoming migration; the
+  domain's memory directory exists, QEMU has not opened the RAM file): the agent
+  learns the domain's UUID, id, name and extra QMP monitor, and for an expected
+  incoming main-host move creates the RAM file at the path the new id gives.
+* ``started begin``: after libvirt's ``migrate-incoming``, before the source
+  sends anything: the agent sets ``x-ignore-shared`` on an incoming domain.
+* ``stopped end``: the agent forgets the domain.
+* ``migrate begin``: the XML is passed through unchanged.
+
+A refusal by the agent fails the hook (exit 1), so libvirt fails that start and
+the migration (the source goes on). An agent that cannot be reached is logged
+and ignored for domains it does not know of: the hook must not break VMs that
+are not split-memory instances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import shlex
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+
+
+def parse_domain(xml: str) -> dict[str, Any]:
+    """UUID, name, id (None if absent) and extra QMP socket of a domain XML."""
+    root = ET.fromstring(xml)
+    did = root.get("id") or ""
+    out: dict[str, Any] = {"vm": (root.findtext("uuid") or "").strip(),
+                           "name": (root.findtext("name") or "").strip(),
+                           "id": int(did) if did.isdigit() else None, "qmp": None}
+    args = [a.get("value", "") for a in root.iter(f"{QEMU_NS}arg")]
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "-qmp" and value.startswith("unix:"):
+            out["qmp"] = value[len("unix:"):].split(",", 1)[0]
+            break
+    return out
+
+
+def hook_script(python: str, control_socket: Path) -> str:
+    """The executable libvirt runs (only the operations the agent needs start Python)."""
+    cmd = " ".join(shlex.quote(a) for a in (python, "-m", "nova_ipmigrate.hooks.libvirt_qemu",
+                                            "--control-socket", str(control_socket)))
+    return f"""#!/bin/sh
+# nova-ipmigrate: libvirt qemu hook (written by the installer; see
+# nova_ipmigrate/hooks/libvirt_qemu.py)
+case "$2" in
+  start|started|stopped) exec {cmd} "$@" ;;
+  migrate) exec cat ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nova-ipmigrate libvirt hook")
+    parser.add_argument("--control-socket", type=Path, required=True)
+    parser.add_argument("domain")
+    parser.add_argument("op")
+    parser.add_argument("subop", nargs="?", default="-")
+    parser.add_argument("extra", nargs="?", default="-")
+    args = parser.parse_args(argv)
+    from nova_ipmigrate.memfs.control import ControlError, call
+
+    xml = sys.stdin.read()
+    if args.op == "migrate":
+        sys.stdout.write(xml)
+        return 0
+    calls = {("start", "begin"): "domain_start", ("started", "begin"): "domain_started",
+             ("stopped", "end"): "domain_stopped"}
+    op = calls.get((args.op, args.subop))
+    if op is None:
+        return 0
+    try:
+        dom = parse_domain(xml)
+    except (ET.ParseError, ValueError) as exc:
+        print(f"nova-ipmigrate hook: cannot parse the XML of {args.domain}: {exc}",
+              file=sys.stderr)
+        return 0
+    try:
+        call(args.control_socket, op, timeout=60, **dom)
+    except ControlError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            print(f"nova-ipmigrate hook: no agent ({exc}); {args.domain} not tracked",
+                  file=sys.stderr)
+            return 0
+        print(f"nova-ipmigrate hook: {op} of {args.domain} refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The agent's main-host moves (``agent.mainmove``) without libvirt: requests, the
+incoming RAM file, the exported one. The whole move runs in the lab tests."""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nova_ipmigrate.agent import mainmove
+from nova_ipmigrate.agent.placement import load as load_placement
+from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
+from nova_ipmigrate.fabric.errors import RemoteBadRequestError, RemoteInternalError
+from nova_ipmigrate.memfs.control import ControlError
+from nova_ipmigrate.memfs.pages import HERE, PageState
+from nova_ipmigrate.memfs.protocol import PAGE_SIZE
+from nova_ipmigrate.memfs.ramfile import DirectoryGate
+from nova_ipmigrate.memfs.server import MemFS, MemfsConfig
+from nova_ipmigrate.migration.operations import OperationError, Operations
+from nova_ipmigrate.migration.transfer import Endpoint, LocalStaging
+from tests.unit.fabric.helpers import KEY
+
+VM = uuid.UUID("6a1f8a52-3c3c-4b53-9c3b-000000000002")
+SOURCE = {"name": "h1", "address": "10.0.0.1", "port": 47800}
+SIZE = 64 * PAGE_SIZE
+
+
+def _moves(tmp_path: Path, held: int = 0) -> mainmove.MainMoves:
+    fs = MemFS(MemfsConfig(mountpoint=tmp_path / "mnt"))
+    ops = Operations("h4", Endpoint("h4", "10.0.0.4", 47800),
+                     LocalStaging(lambda k, p: {}, lambda k, p: None, lambda k: 0))
+    return mainmove.MainMoves("h4", Endpoint("h4", "10.0.0.4", 47800), fs, ops, KEY,
+                              mainmove.LibvirtConfig(directory_timeout=1.0),
+                              held_here=lambda vm: held)
+
+
+def test_ram_file_path_is_libvirts() -> None:
+    assert mainmove.ram_file_path(3, "oracle") == "libvirt/qemu/3-oracle/pc.ram"
+    assert mainmove.ram_file_path(12, "x" * 30) == f"libvirt/qemu/12-{'x' * 20}/pc.ram"
+
+
+@pytest.mark.parametrize(("req", "match"), [
+    ({"vm": "nope", "size": SIZE, "source": SOURCE}, "instance UUID"),
+    ({"vm": str(VM), "size": 1000, "source": SOURCE}, "multiple of 4096"),
+    ({"vm": str(VM), "size": SIZE, "resident_limit": -1, "source": SOURCE}, "non-negative"),
+    ({"vm": str(VM), "size": SIZE, "source": {"name": "h1"}}, "bad 'source'"),
+    ({"vm": str(VM), "size": SIZE, "source": {**SOURCE, "name": "h4"}}, "cannot be its"),
+])
+def test_prepare_refuses_bad_requests(tmp_path: Path, req: dict[str, Any], match: str) -> None:
+    moves = _moves(tmp_path)
+    with pytest.raises(ControlError, match=match):
+        moves.prepare(req)
+    assert moves.incoming == {}
+
+
+def test_prepare_refuses_a_host_holding_a_part(tmp_path: Path) -> None:
+    moves = _moves(tmp_path, held=12)
+    with pytest.raises(ControlError, match="holds 12 pages") as info:
+        moves.prepare({"vm": str(VM), "size": SIZE, "source": SOURCE})
+    assert info.value.errno == errno.EBUSY and moves.incoming == {}
+
+
+def test_start_hook_creates_the_incoming_ram_file(tmp_path: Path) -> None:
+    moves = _moves(tmp_path)
+    other = uuid.uuid4()
+    assert moves.domain_start({"vm": str(other), "name": "x", "id": 1}) == {
+        "ok": True, "incoming": False, "path": "libvirt/qemu/1-x/pc.ram"}
+    moves.prepare({"vm": str(VM), "size": SIZE, "resident_limit": 16 * PAGE_SIZE,
+                   "source": SOURCE})
+    res = moves.domain_start({"vm": str(VM), "name": "oracle", "id": 2,
+                              "qmp": "/run/ipmigrate/v.qmp"})
+    assert res == {"ok": True, "incoming": True, "path": "libvirt/qemu/2-oracle/pc.ram"}
+    ram = moves.memfs.find(res["path"])
+    assert ram.vm == VM and ram.quiet and isinstance(ram.incoming, DirectoryGate)
+    assert ram.size == SIZE and ram.resident_limit_pages == 16
+    assert isinstance(ram.remote, FabricRemotePaging) and ram.remote.holder_name(1) == "h1"
+    with pytest.raises(ControlError, match="already has an incoming") as info:
+        moves.domain_start({"vm": str(VM), "name": "oracle", "id": 3})
+    assert info.value.errno == errno.EEXIST
+    # a second prepare while one is under way
+    with pytest.raises(ControlError, match="already has a RAM file"):
+        moves.prepare({"vm": str(VM), "size": SIZE, "source": SOURCE})
+    assert moves.abort_incoming({"vm": str(VM)}) == {"ok": True, "removed": True}
+    assert moves.memfs.ram_files() == [] and moves.incoming == {}
+
+
+def test_start_hook_without_an_id_finds_the_newest_directory(tmp_path: Path) -> None:
+    moves = _moves(tmp_path)
+    for d in ("3-oracle", "9-oracle", "11-other"):
+        moves.memfs.create_ram_file(f"libvirt/qemu/{d}/x", PAGE_SIZE)
+    assert moves.domain_start({"vm": str(VM), "name": "oracle"})["path"] == \
+        "libvirt/qemu/9-oracle/pc.ram"
+
+
+def test_commit_needs_a_move(tmp_path: Path) -> None:
+    with pytest.raises(ControlError, match="no main-host move") as info:
+        _moves(tmp_path).commit({"vm": str(VM)})
+    assert info.value.errno == errno.ENOENT
+    with pytest.raises(ControlError, match="'then'"):
+        _moves(tmp_path).commit({"vm": str(VM), "then": "later"})
+
+
+def test_started_hook_ignores_other_domains(tmp_path: Path) -> None:
+    assert _moves(tmp_path).domain_started({"vm": str(VM)}) == {"ok": True,
+                                                                "incoming": False}
+
+
+def _split_ram(tmp_path: Path) -> tuple[mainmove.MainMoves, Any]:
+    """A split RAM file on h4 (as an old main host): pages 0-3 resident, 8 at h2."""
+    moves = _moves(tmp_path)
+    ram = moves.memfs.create_ram_file("libvirt/qemu/1-oracle/pc.ram", SIZE)
+    ram.set_remote(VM, FabricRemotePaging("h4", [SubHost("h2", "10.0.0.2", 47800)], KEY,
+                                          load_placement("round_robin")))
+    t = ram.table
+    buf = memoryview(bytearray(PAGE_SIZE))
+    for p in range(4):
+        t.read(p, 1, buf)
+    with t.lock:
+        t.state[8], t.holder[8] = int(PageState.REMOTE), 1
+        t.counts[0] -= 1
+        t.counts[int(PageState.REMOTE)] += 1
+    return moves, ram
+
+
+def test_export_hands_the_directory_over_once_the_source_stopped(tmp_path: Path) -> None:
+    moves, ram = _split_ram(tmp_path)
+    # the export reads through the mount: here a plain file stands in for it
+    f = tmp_path / "mnt" / "libvirt/qemu/1-oracle/pc.ram"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"".join(bytes([p + 1]) * PAGE_SIZE for p in range(64)))
+    export = mainmove.Export(VM, "libvirt/qemu/1-oracle/pc.ram", ram, tmp_path / "mnt")
+    moves.exports[VM] = export
+    with pytest.raises(RemoteInternalError, match="not paused"):
+        moves.directory(VM)                        # the source still runs
+    assert export.read([0]) == [None]
+    threading.Timer(0.1, export.stopped.set).start()
+    head, codes = moves.directory(VM)
+    meta = json.loads(head)
+    assert meta["npages"] == 64 and meta["holders"] == {
+        "1": {"name": "h2", "address": "10.0.0.2", "port": 47800}}
+    assert codes[:4] == bytes([HERE] * 4) and codes[8] == 1 and codes.count(0) == 59
+    got = export.read([1, 8, 3, 9])
+    assert got == [bytes([2]) * PAGE_SIZE, None, bytes([4]) * PAGE_SIZE, None]
+    export.drop([1])
+    assert export.read([1]) == [None] and export.held == 3
+    with pytest.raises(RemoteBadRequestError, match="no main-host move"):
+        moves.directory(uuid.uuid4())
+    # not committed: the end of a pull does not release it (the source may resume)
+    assert not moves.end_export(VM)
+    export.committed = True
+    assert moves.end_export(VM) and moves.memfs.ram_files() == [] and export.ended
+
+
+def test_migrate_refusals(tmp_path: Path) -> None:
+    moves, _ram = _split_ram(tmp_path)
+    path = "libvirt/qemu/1-oracle/pc.ram"
+    dest = {"name": "h3", "address": "10.0.0.3", "port": 47800}
+    with pytest.raises(OperationError, match="no QMP monitor"):
+        moves.migrate({"path": path, "dest": dest})
+    with pytest.raises(OperationError, match="differ from the main host"):
+        moves.migrate({"path": path, "dest": {**dest, "name": "h4"}})
+    with pytest.raises(OperationError, match="h2 holds a part"):
+        moves.migrate({"path": path, "dest": {**dest, "name": "h2"}})
+    moves.memfs.create_ram_file("plain.ram", SIZE)
+    with pytest.raises(OperationError, match="not a split VM"):
+        moves.migrate({"path": "plain.ram", "dest": dest})
+    assert moves.operations.all() == []
