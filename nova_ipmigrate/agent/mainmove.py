@@ -110,6 +110,8 @@ class Export:
         self._lock = threading.Lock()
         self.served = 0
         self.ended = False
+        #: the RAM file's resident limit before the hand-over (lifted while serving)
+        self.saved_limit: int | None = None
 
     def directory(self, timeout: float) -> tuple[bytes, bytes]:
         """Wait for the source to stop, send the last drops, and freeze the directory."""
@@ -134,6 +136,11 @@ class Export:
             self._here = bytearray(codes.translate(_HERE_MASK))
             if self._fd is None:
                 self._fd = os.open(self.mountpoint / self.path, os.O_RDONLY | os.O_CLOEXEC)
+            if self.saved_limit is None:
+                # Serving the pages reads the paged-out ones back in: with the guest's
+                # limit every such read would wait for the evictor (throttle).
+                self.saved_limit = ram.resident_limit_pages
+                ram.set_resident_limit(0)
         self.directory_at = time.time()
         head = json.dumps({"npages": len(codes), "holders": holders,
                            "stopped_at": self.stopped_at}).encode()
@@ -172,10 +179,13 @@ class Export:
         with self._lock:
             return self._here.count(1) if self._here is not None else 0
 
-    def close(self) -> None:
+    def close(self, rolled_back: bool = False) -> None:
         with self._lock:
             fd, self._fd = self._fd, None
             self.ended = True
+            if rolled_back and self.saved_limit is not None:
+                self.ram.set_resident_limit(self.saved_limit)   # the VM goes on here
+                self.saved_limit = None
         if fd is not None:
             os.close(fd)
 
@@ -536,7 +546,7 @@ class MainMoves:
                 with self._lock:
                     if self.exports.get(vm) is export:
                         del self.exports[vm]
-                export.close()
+                export.close(rolled_back=True)
                 ram.frozen = False
             self.operations.release(op)
 

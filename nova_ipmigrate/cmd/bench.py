@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nova_ipmigrate.bench import fabric, migration
+from nova_ipmigrate.bench import fabric, mainhost, migration
+from nova_ipmigrate.cmd.daemon import exit_on_sigterm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,11 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=migration.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     migration.add_arguments(migration_parser)
     migration_parser.set_defaults(run=migration.main)
+    mainhost_parser = benchmarks.add_parser(
+        "mainhost", help="B4: main-host partial migration (libvirt, x-ignore-shared) vs a "
+        "plain libvirt live migration of the same VM (lab, root)",
+        description=mainhost.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mainhost.add_arguments(mainhost_parser)
+    mainhost_parser.set_defaults(run=mainhost.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     result: int = args.run(args)
     return result
 

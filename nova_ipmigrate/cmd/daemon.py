@@ -32,3 +32,11 @@ def serve(prog: str, start: Callable[[], str], stop: Callable[[], None],
     finally:
         stop()
     return 0
+
+
+def exit_on_sigterm() -> None:
+    """For the lab tools: SIGTERM ends the program like Ctrl-C, through its cleanups
+    (the lab, QEMU, libvirtd, mounts), instead of killing it on the spot."""
+    def _raise(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _raise)

@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nova_ipmigrate import conf
+from nova_ipmigrate.cmd.daemon import exit_on_sigterm
 from nova_ipmigrate.lab.singlehost import RunResult, Sample, SingleHostParams, run_single_host
 
 CONF = conf.CONF
@@ -161,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    exit_on_sigterm()
     conf_args: list[str] = []
     for f in args.config_file:
         conf_args += ["--config-file", f]

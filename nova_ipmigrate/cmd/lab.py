@@ -22,6 +22,7 @@ import sys
 from oslo_config import cfg
 
 from nova_ipmigrate import conf
+from nova_ipmigrate.cmd.daemon import exit_on_sigterm
 from nova_ipmigrate.lab.hosts import Lab, LabError
 from nova_ipmigrate.lab.shaping import RateError, normalize_link
 
@@ -82,6 +83,7 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
+    exit_on_sigterm()
     conf_args: list[str] = []
     for f in args.config_file:
         conf_args += ["--config-file", f]

@@ -214,7 +214,9 @@ class LabLibvirtd:
         for pid_file in (self.host.run_dir / "libvirt" / "qemu").glob("*.pid"):
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pid_file.read_text().strip())
-                if _running(pid):
+                # driver.pid there is libvirtd's own lock file
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                if _running(pid) and b"qemu-system" in cmd:
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
         deadline = time.monotonic() + timeout
@@ -234,12 +236,15 @@ def domain_xml(name: str, ram_mb: int, kernel: Path, initrd: Path, cmdline: str,
                serial_log: Path, qmp_socket: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
                accel: str = "tcg", cpu: str = "qemu64", vcpus: int = 1,
                preload: str | None = None, domain_uuid: str | None = None,
-               on_reboot: str = "destroy") -> str:
+               on_reboot: str = "destroy", shared_file: bool = True) -> str:
     """A transient lab domain: direct kernel boot, RAM as a shared file, serial to a
     file (appended to: a migrated domain's QEMU goes on writing it), an extra QMP
     monitor; destroyed when the guest reboots, unless ``on_reboot`` is "restart"."""
     if on_reboot not in ("destroy", "restart"):
         raise ValueError(f"on_reboot must be destroy or restart, not {on_reboot!r}")
+    # shared_file=False: ordinary anonymous guest RAM (a plain VM, the B4 baseline)
+    backing = ("  <memoryBacking>\n    <source type='file'/>\n    <access mode='shared'/>\n"
+               "  </memoryBacking>\n") if shared_file else ""
     dtype = "kvm" if accel.startswith("kvm") else "qemu"
     env = (f"    <qemu:env name='LD_PRELOAD' value={quoteattr(preload)}/>\n"
            if preload else "")
@@ -247,11 +252,7 @@ def domain_xml(name: str, ram_mb: int, kernel: Path, initrd: Path, cmdline: str,
   <name>{escape(name)}</name>
   <uuid>{domain_uuid or uuidlib.uuid4()}</uuid>
   <memory unit='MiB'>{ram_mb}</memory>
-  <memoryBacking>
-    <source type='file'/>
-    <access mode='shared'/>
-  </memoryBacking>
-  <vcpu>{vcpus}</vcpu>
+{backing}  <vcpu>{vcpus}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(kernel))}</kernel>

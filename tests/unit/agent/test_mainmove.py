@@ -135,6 +135,7 @@ def test_export_hands_the_directory_over_once_the_source_stopped(tmp_path: Path)
     f.write_bytes(b"".join(bytes([p + 1]) * PAGE_SIZE for p in range(64)))
     export = mainmove.Export(VM, "libvirt/qemu/1-oracle/pc.ram", ram, tmp_path / "mnt")
     moves.exports[VM] = export
+    ram.set_resident_limit(16)
     with pytest.raises(RemoteInternalError, match="not paused"):
         moves.directory(VM)                        # the source still runs
     assert export.read([0]) == [None]
@@ -144,6 +145,8 @@ def test_export_hands_the_directory_over_once_the_source_stopped(tmp_path: Path)
     assert meta["npages"] == 64 and meta["holders"] == {
         "1": {"name": "h2", "address": "10.0.0.2", "port": 47800}}
     assert codes[:4] == bytes([HERE] * 4) and codes[8] == 1 and codes.count(0) == 59
+    # serving reads paged-out pages back: no limit (no throttled reads) meanwhile
+    assert ram.resident_limit_pages == 0 and export.saved_limit == 16
     got = export.read([1, 8, 3, 9])
     assert got == [bytes([2]) * PAGE_SIZE, None, bytes([4]) * PAGE_SIZE, None]
     export.drop([1])
@@ -170,3 +173,17 @@ def test_migrate_refusals(tmp_path: Path) -> None:
     with pytest.raises(OperationError, match="not a split VM"):
         moves.migrate({"path": "plain.ram", "dest": dest})
     assert moves.operations.all() == []
+
+
+def test_a_rolled_back_export_restores_the_limit(tmp_path: Path) -> None:
+    moves, ram = _split_ram(tmp_path)
+    f = tmp_path / "mnt" / "libvirt/qemu/1-oracle/pc.ram"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(bytes(SIZE))
+    ram.set_resident_limit(16)
+    export = mainmove.Export(VM, "libvirt/qemu/1-oracle/pc.ram", ram, tmp_path / "mnt")
+    export.stopped.set()
+    export.directory(1.0)
+    assert ram.resident_limit_pages == 0
+    export.close(rolled_back=True)
+    assert ram.resident_limit_pages == 16 and export.read([0]) == [None]
