@@ -9,11 +9,13 @@ the readahead/THP variants, side by side.
 
 Several hosts (``--hosts N``): a split-memory instance across lab hosts, and with
 ``--scenario`` the IPmigrate operations on it while it runs (partial migration of
-a sub-host, abort, killed destination, host drain, reintegration), each with a
-progress bar, then the oracle's verdict and the memory maps. The lab's control
-plane runs on h1 (RabbitMQ and ``ipmigrate-engine``): the split and every
-operation are requests to the engine (``--no-control-plane``: the agents are
-asked directly, no broker needed).
+a sub-host, abort, killed destination, main-host migration, host drain,
+reintegration), each with a progress bar, then the oracle's verdict and the
+memory maps. Every lab host runs its own libvirtd and the guest is a libvirt
+domain (``--no-libvirt``: a QEMU started directly; no main-host moves then).
+The lab's control plane runs on h1 (RabbitMQ and ``ipmigrate-engine``): the
+split and every operation are requests to the engine (``--no-control-plane``:
+the agents are asked directly, no broker needed).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
     params = SplitParams(**{**base.__dict__, "workdir": base.workdir / "split"},
                          hosts=hosts_n, link=args.link, split_after_s=args.split_after,
                          sub_hosts=subs, scenario=body, scenario_after_s=5.0,
-                         control_plane=not args.no_control_plane, libvirt=args.libvirt,
+                         control_plane=not args.no_control_plane, libvirt=not args.no_libvirt,
                          substore_mb_by_host=({"h4": 64} if args.scenario == "engine-failures"
                                               else None))
     how = (f"split {args.split_after:.0f}s after the oracle filled its memory"
@@ -70,7 +72,7 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
           + (f", scenario {args.scenario}" if body else "")
           + ("" if args.no_control_plane else "; control plane (RabbitMQ, ipmigrate-engine) "
              "on h1")
-          + ("; the guest is a libvirt domain" if args.libvirt else ""), flush=True)
+          + ("" if args.no_libvirt else "; the guest is a libvirt domain"), flush=True)
     # While operations run, per-second samples would interleave with their progress bars.
     quiet = args.quiet or body is not None
     try:
@@ -137,19 +139,21 @@ def parser() -> argparse.ArgumentParser:
                     help="with --hosts: sub-hosts the VM starts with (h2..); the other "
                          "hosts are spares, destinations of part moves")
     ap.add_argument("--scenario", default=None,
-                    choices=["sub-host-moves", "drain-reintegrate", "full",
-                             "engine-failures"],
+                    choices=["sub-host-moves", "drain-reintegrate", "main-host-moves",
+                             "full", "engine-failures"],
                     help="run operations while the guest runs (needs 4 hosts: VM on h1, "
                          "split over h2 and h3, h4 spare): sub-host-moves = partial "
                          "migration h2->h4, an abort and a killed destination; "
-                         "drain-reintegrate = drain h3, reintegrate onto h1; full = both, "
-                         "with a memory map after each stage; engine-failures = the "
-                         "engine and RabbitMQ killed and restarted under running moves, "
-                         "and bad requests (needs the control plane)")
-    ap.add_argument("--libvirt", action="store_true",
-                    help="with --hosts: run the guest as a libvirt domain of a libvirtd "
-                         "inside h1 (its RAM a shared file on h1's memfs) instead of a "
-                         "QEMU started directly")
+                         "drain-reintegrate = drain h3, reintegrate onto h1; "
+                         "main-host-moves = main-host moves with a killed destination "
+                         "agent and libvirtd, h1->h4, reintegration onto h1, a reboot; "
+                         "full = sub-host moves, the main host h1->h2, drain and "
+                         "reintegration, with a memory map after each stage; "
+                         "engine-failures = the engine and RabbitMQ killed and restarted "
+                         "under running moves, and bad requests (needs the control plane)")
+    ap.add_argument("--no-libvirt", action="store_true",
+                    help="with --hosts: run the guest as a QEMU started directly instead "
+                         "of a libvirt domain (no libvirtd; no main-host moves)")
     ap.add_argument("--no-control-plane", action="store_true",
                     help="with --hosts: no RabbitMQ and engine; operations are asked of "
                          "the agents directly")

@@ -61,12 +61,12 @@ def parser() -> argparse.ArgumentParser:
     p_boot.add_argument("--sub-hosts", type=int, default=None, metavar="N",
                         help="sub-hosts the VM starts with; the other hosts are spares")
     p_boot.add_argument("--scenario", default=None,
-                        choices=["sub-host-moves", "drain-reintegrate", "full",
-                                 "engine-failures"],
+                        choices=["sub-host-moves", "drain-reintegrate",
+                                 "main-host-moves", "full", "engine-failures"],
                         help="run part moves while the guest runs, with progress bars "
                              "(see ipmigrate-demo --help; needs 4 hosts)")
-    p_boot.add_argument("--libvirt", action="store_true",
-                        help="the guest as a libvirt domain of a libvirtd inside h1")
+    p_boot.add_argument("--no-libvirt", action="store_true",
+                        help="the guest as a QEMU started directly, not a libvirt domain")
     p_boot.add_argument("--no-control-plane", action="store_true",
                         help="no RabbitMQ and engine on h1: operations are asked of the "
                              "agents directly")
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             extra += ["--scenario", args.scenario]
         if args.no_control_plane:
             extra.append("--no-control-plane")
-        if args.libvirt:
-            extra.append("--libvirt")
+        if args.no_libvirt:
+            extra.append("--no-libvirt")
         return demo.main([*conf_args, "--hosts", str(args.hosts), "--ram-mb", str(args.ram_mb),
                           "--limit-pct", str(args.limit_pct), "--seconds", str(args.seconds),
                           *extra])

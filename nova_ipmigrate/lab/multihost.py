@@ -83,9 +83,9 @@ class SplitParams(SingleHostParams):
     #: run the control plane (RabbitMQ and ipmigrate-engine on h1) and drive the
     #: split and every operation through the engine (``lab.control``)
     control_plane: bool = False
-    #: run the guest as a libvirt domain of a libvirtd inside h1 (``lab.libvirt``)
-    #: instead of a QEMU started directly
-    libvirt: bool = False
+    #: run the guest as a libvirt domain (every host runs its own libvirtd with the
+    #: hook, ``lab.libvirt``) instead of a QEMU started directly in h1
+    libvirt: bool = True
     #: what the domain does when the guest reboots: "destroy" (the run ends; a guest
     #: panic reboots it) or "restart" (a reboot test)
     libvirt_on_reboot: str = "destroy"

@@ -649,14 +649,30 @@ def engine_failures(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any
 
 
 def full(ctx: LabContext) -> dict[str, Any]:
-    """The demo: every operation in turn (needs 4 hosts)."""
+    """The demo: every operation in turn (needs 4 hosts).
+
+    Sub-host moves (h2's part to h4, an abort, a killed destination h2); h2's agent
+    is brought back and the main host moves h1 -> h2 (when the guest is a libvirt
+    domain); then h3 is drained and the VM reintegrated onto its main host.
+    """
     ops = LabOps(ctx)
     ops.snapshot("memory-map-0-split")
-    moves = sub_host_moves(ctx, ops)
+    out: dict[str, Any] = {"sub_host_moves": sub_host_moves(ctx, ops)}
     ops.snapshot("memory-map-1-after-partial-migration")
-    rest = drain_and_reintegrate(ctx, ops)
-    ops.snapshot("memory-map-2-reintegrated")
-    return {"sub_host_moves": moves, "drain_and_reintegrate": rest}
+    if ctx.libvirtds:
+        ops.log("-- h2's agent is back (an operator restarted it); main-host migration "
+                "h1 -> h2")
+        ops.agent("h2").start()
+        if ops.control is not None:
+            ops.control.wait_agents()
+        res = ops.main_move("h2")
+        _check(res["moved"], f"main-host migration to h2: {res['migration'].get('fault')}")
+        _done(res["pull"])
+        out["main_host_migration"] = {**res, "layout": ops.layout()}
+        ops.snapshot("memory-map-2-after-main-host-migration")
+    out["drain_and_reintegrate"] = drain_and_reintegrate(ctx, ops)
+    ops.snapshot("memory-map-3-reintegrated")
+    return out
 
 
 SCENARIOS: dict[str, Callable[[LabContext], dict[str, Any]]] = {
