@@ -50,7 +50,7 @@ from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.fabric.errors import RemoteBadRequestError, RemoteInternalError
 from nova_ipmigrate.memfs.control import ControlError
-from nova_ipmigrate.memfs.pages import HERE
+from nova_ipmigrate.memfs.pages import HERE, contiguous_runs
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import DirectoryGate, RamFile
 from nova_ipmigrate.migration.operations import Operation, OperationError, Operations, OpState
@@ -157,7 +157,7 @@ class Export:
                 return [None] * len(pages)
             mine = [p for p in pages if 0 <= p < len(here) and here[p]]
         out: dict[int, bytes] = {}
-        for first, count in _runs(sorted(mine)):
+        for first, count in contiguous_runs(sorted(mine)):
             buf = bytearray(count * PAGE_SIZE)
             got = os.preadv(fd, [buf], first * PAGE_SIZE)
             if got != len(buf):
@@ -460,6 +460,9 @@ class MainMoves:
 
     def migrate(self, req: dict[str, Any]) -> Operation:
         """Start the main-host move of the VM whose RAM file is ``path`` to ``dest``."""
+        again = self.operations.by_request(req.get("request_id"))
+        if again is not None:   # a repeated request (the engine restarted): the same one
+            return again
         path = _str(req, "path")
         ram = self.memfs.find(path)
         vm = ram.vm
@@ -478,9 +481,6 @@ class MainMoves:
         if not qmp:
             raise OperationError(f"no QMP monitor known for {vm}: was it started with the "
                                  f"libvirt hook installed?", errno.EOPNOTSUPP)
-        again = self.operations.by_request(req.get("request_id"))
-        if again is not None:
-            return again
         op = self.operations.new_operation("main_host_migration", ram, path, self.host_name,
                                            dest.name, req.get("request_id"))
         op.details.update(phase="starting", domain=domain)
@@ -583,16 +583,6 @@ def _resume_time(qmp: QMPClient | None) -> float | None:
         return None
     resumed = qmp.events_named("RESUME")
     return resumed[-1].timestamp if resumed else None
-
-
-def _runs(pages: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for p in pages:
-        if runs and runs[-1][0] + runs[-1][1] == p:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((p, 1))
-    return runs
 
 
 def _str(req: dict[str, Any], key: str) -> str:

@@ -37,21 +37,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nova_ipmigrate.bench.migration import _cache_dir, _rate, meets, oracle_mib, ratio
+from nova_ipmigrate.bench.common import (
+    add_lab_arguments,
+    lab_overrides,
+    meets,
+    oracle_mib,
+    rate_record,
+    ratio,
+    run_and_report,
+)
 from nova_ipmigrate.guest.image import ensure_guest_image
 from nova_ipmigrate.guest.serial import OracleMonitor
 from nova_ipmigrate.lab import tcpbulk
@@ -60,7 +66,6 @@ from nova_ipmigrate.lab.libvirt import LabLibvirtd, LibvirtGuest, domain_xml
 from nova_ipmigrate.lab.multihost import LabContext, ScenarioError, SplitParams, run_split
 from nova_ipmigrate.lab.progress import ProgressPrinter
 from nova_ipmigrate.lab.scenario import LabOps
-from nova_ipmigrate.lab.shaping import RateError, normalize_link
 from nova_ipmigrate.qemu.shim import ensure_nohuge_shim
 
 LOG = logging.getLogger(__name__)
@@ -153,7 +158,7 @@ def run_plain(s: Settings, cache: Path, workdir: Path) -> dict[str, Any]:
             out["error"] = "the oracle did not fill its memory"
         else:
             time.sleep(s.plain_after_s)
-            out["tcp"] = _rate(tcpbulk.measure(lab, "h1", "h2", s.tcp_seconds,
+            out["tcp"] = rate_record(tcpbulk.measure(lab, "h1", "h2", s.tcp_seconds,
                                                port=TCP_PORT))
             _err(f"-- plain: R h1->h2 {out['tcp']['mbit_per_s']} Mbit/s; virsh migrate "
                  f"--live --p2p h1 -> h2 ({p.ram_mb} MiB of RAM through QEMU)")
@@ -196,9 +201,9 @@ def _moves(s: Settings, prefix: str) -> Any:
         try:
             lab = Lab(lab_dir, prefix=prefix)
             out["tcp"] = {
-                "h1_h4": _rate(tcpbulk.measure(lab, "h1", "h4", s.tcp_seconds,
+                "h1_h4": rate_record(tcpbulk.measure(lab, "h1", "h4", s.tcp_seconds,
                                                port=TCP_PORT)),
-                "h4_h1": _rate(tcpbulk.measure(lab, "h4", "h1", s.tcp_seconds,
+                "h4_h1": rate_record(tcpbulk.measure(lab, "h4", "h1", s.tcp_seconds,
                                                port=TCP_PORT + 1))}
             _err(f"-- split: R h1->h4 {out['tcp']['h1_h4']['mbit_per_s']} Mbit/s, "
                  f"h4->h1 {out['tcp']['h4_h1']['mbit_per_s']} Mbit/s")
@@ -342,60 +347,28 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="the CI configuration: 512 MiB guest, 2 moves (a few minutes)")
-    parser.add_argument("--link", default="1gbit",
-                        help="tc rate of every host's link (default 1gbit; 'none': unshaped)")
-    parser.add_argument("--ram-mb", type=int, default=None,
-                        help="guest RAM in MiB (default 1024; 512 with --quick)")
+    add_lab_arguments(parser, "the CI configuration: 512 MiB guest, 2 moves (a few minutes)",
+                      "guest RAM in MiB (default 1024; 512 with --quick)")
     parser.add_argument("--moves", type=int, default=None,
                         help="main-host moves of the split run (default 3; 2 with --quick)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also write the JSON result to this file")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="the guest image cache (default: $IPMIGRATE_CACHE_DIR, else "
-                        "[guest] cache_dir)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep logs and serial consoles here (default: a temporary "
-                        "directory, removed after a successful run)")
 
 
 def main(args: argparse.Namespace) -> int:
     prog = "ipmigrate-bench mainhost"
-    try:
-        link = normalize_link(args.link)
-    except RateError as exc:
-        print(f"{prog}: --link: {exc}", file=sys.stderr)
+    overrides = lab_overrides(prog, args)
+    if overrides is None:
         return 2
-    overrides: dict[str, Any] = {"link": link}
-    if args.ram_mb is not None:
-        overrides["ram_mb"] = args.ram_mb
     if args.moves is not None:
         overrides["moves"] = args.moves
     s = Settings.quick(**overrides) if args.quick else Settings(**overrides)
     if s.ram_mb < 256 or s.moves < 1:
         print(f"{prog}: --ram-mb must be >= 256 and --moves >= 1", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
-        print(f"{prog}: needs root (lab namespaces, FUSE mounts, tc, libvirtd)",
-              file=sys.stderr)
-        return 2
-    cache = _cache_dir(args.cache_dir)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ipm-bench-mainhost-"))
-    (workdir / "plain").mkdir(parents=True, exist_ok=True)
-    (workdir / "split").mkdir(parents=True, exist_ok=True)
-    plain = run_plain(s, cache, workdir / "plain")
-    split = run_split_moves(s, cache, workdir / "split")
-    result = build_result(s, plain, split)
-    result["workdir"] = str(workdir)
-    text = json.dumps(result, indent=2, default=str)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
-    print(summary(result), file=sys.stderr)
-    if args.workdir is None:
-        if result["ok"]:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-    return 0 if result["ok"] else 1
+
+    def run(cache: Path, workdir: Path) -> dict[str, Any]:
+        (workdir / "plain").mkdir(parents=True, exist_ok=True)
+        (workdir / "split").mkdir(parents=True, exist_ok=True)
+        plain = run_plain(s, cache, workdir / "plain")
+        split = run_split_moves(s, cache, workdir / "split")
+        return build_result(s, plain, split)
+    return run_and_report(args, "ipm-bench-mainhost-", run, summary)

@@ -55,12 +55,9 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,13 +65,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nova_ipmigrate.bench.common import (
+    add_lab_arguments,
+    lab_overrides,
+    meets,
+    oracle_mib,
+    rate_record,
+    ratio,
+    run_and_report,
+    time_vs_ideal,
+)
 from nova_ipmigrate.guest.serial import OracleMonitor
 from nova_ipmigrate.lab import tcpbulk
 from nova_ipmigrate.lab.hosts import Lab
 from nova_ipmigrate.lab.multihost import LabContext, ScenarioError, SplitParams, run_split
 from nova_ipmigrate.lab.progress import ProgressPrinter
 from nova_ipmigrate.lab.scenario import LabOps
-from nova_ipmigrate.lab.shaping import RateError, normalize_link
 
 LOG = logging.getLogger(__name__)
 PAGE = 4096
@@ -127,37 +133,10 @@ class Settings:
 # -- pure helpers (unit-tested) ---------------------------------------------------------
 
 
-def oracle_mib(ram_mb: int) -> int:
-    """The oracle's share of guest RAM: what the guest kernel leaves it. The lab's
-    default (RAM less 96 MiB) gets the oracle OOM-killed in a 1024 MiB guest."""
-    return ram_mb - max(96, ram_mb // 5)
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    """num / den, None when either is missing or den is not positive."""
-    if num is None or den is None or den <= 0:
-        return None
-    return num / den
-
-
-def time_vs_ideal(seconds: float | None, nbytes: float | None,
-                  rate_bytes_s: float | None) -> float | None:
-    """Measured time / the ideal time to move ``nbytes`` at ``rate_bytes_s``."""
-    return ratio(seconds, ratio(nbytes, rate_bytes_s))
-
-
 def speedup_per_byte(naive_s: float | None, naive_bytes: float | None,
                      ipm_s: float | None, ipm_bytes: float | None) -> float | None:
     """(naive seconds per byte) / (IPmigrate seconds per byte)."""
     return ratio(ratio(naive_s, naive_bytes), ratio(ipm_s, ipm_bytes))
-
-
-def meets(value: float | None, target: tuple[str, float]) -> str:
-    if value is None:
-        return "n/a"
-    op, limit = target
-    ok = value <= limit if op == "<=" else value >= limit
-    return "PASS" if ok else "BELOW"
 
 
 Sample = tuple[float, int]  # (host seconds since the sampler started, pages verified)
@@ -381,12 +360,6 @@ def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _rate(r: tcpbulk.TransferRate) -> dict[str, Any]:
-    return {"bytes": r.bytes, "seconds": round(r.seconds, 4),
-            "bytes_per_s": round(r.bytes / r.seconds) if r.seconds > 0 else None,
-            "mbit_per_s": round(r.mbit_per_s, 1)}
-
-
 def _fabric_in(ops: LabOps, host: str) -> dict[str, int]:
     fab = ops.agent(host).call("agent_stats")["fabric"]
     return {"bytes_in": int(fab["bytes_in"]), "pages_in": int(fab["pages_in"])}
@@ -454,9 +427,9 @@ def _steps(ctx: LabContext, ops: LabOps, lab: Lab, sampler: GuestSampler, out: d
 
     if not may_start("R: plain TCP h2->h4, h4->h1"):
         return
-    out["tcp"]["h2_h4"] = _rate(tcpbulk.measure(lab, "h2", "h4", s.tcp_seconds,
+    out["tcp"]["h2_h4"] = rate_record(tcpbulk.measure(lab, "h2", "h4", s.tcp_seconds,
                                                 port=TCP_PORTS[0]))
-    out["tcp"]["h4_h1"] = _rate(tcpbulk.measure(lab, "h4", "h1", s.tcp_seconds,
+    out["tcp"]["h4_h1"] = rate_record(tcpbulk.measure(lab, "h4", "h1", s.tcp_seconds,
                                                 port=TCP_PORTS[1]))
     _err(f"   R h2->h4 {out['tcp']['h2_h4']['mbit_per_s']} Mbit/s, "
          f"h4->h1 {out['tcp']['h4_h1']['mbit_per_s']} Mbit/s")
@@ -592,69 +565,23 @@ def build_result(settings: Settings, raw: dict[str, Any], oracle: dict[str, Any]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="the CI configuration: 512 MiB guest, 80 s oracle (a few minutes)")
-    parser.add_argument("--link", default="1gbit",
-                        help="tc rate of every host's link (default 1gbit; 'none': unshaped)")
-    parser.add_argument("--ram-mb", type=int, default=None,
-                        help="guest RAM in MiB (default 1024; 512 with --quick)")
+    add_lab_arguments(parser, "the CI configuration: 512 MiB guest, 80 s oracle (a few minutes)",
+                      "guest RAM in MiB (default 1024; 512 with --quick)")
     parser.add_argument("--seconds", type=int, default=None,
                         help="oracle run time after its fill; must cover every step "
                         "(default 160; 80 with --quick)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also write the JSON result to this file")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="the guest image cache (default: $IPMIGRATE_CACHE_DIR, else "
-                        "[guest] cache_dir)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep logs and the serial console here (default: a temporary "
-                        "directory, removed after a successful run)")
-
-
-def _cache_dir(arg: Path | None) -> Path:
-    if arg is not None:
-        return arg
-    env = os.environ.get("IPMIGRATE_CACHE_DIR")
-    if env:
-        return Path(env)
-    from nova_ipmigrate import conf
-    conf.CONF([], project="nova-ipmigrate", default_config_files=[])
-    return Path(conf.CONF.guest.cache_dir)
 
 
 def main(args: argparse.Namespace) -> int:
     prog = "ipmigrate-bench migration"
-    try:
-        link = normalize_link(args.link)
-    except RateError as exc:
-        print(f"{prog}: --link: {exc}", file=sys.stderr)
+    overrides = lab_overrides(prog, args)
+    if overrides is None:
         return 2
-    overrides: dict[str, Any] = {"link": link}
-    if args.ram_mb is not None:
-        overrides["ram_mb"] = args.ram_mb
     if args.seconds is not None:
         overrides["seconds"] = args.seconds
     settings = Settings.quick(**overrides) if args.quick else Settings(**overrides)
     if settings.ram_mb < 256 or settings.seconds < 30:
         print(f"{prog}: --ram-mb must be >= 256 and --seconds >= 30", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
-        print(f"{prog}: needs root (lab namespaces, FUSE mounts, tc, memory cgroups)",
-              file=sys.stderr)
-        return 2
-    cache = _cache_dir(args.cache_dir)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ipm-bench-migration-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    result = run(settings, cache, workdir)
-    result["workdir"] = str(workdir)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
-    print(summary(result), file=sys.stderr)
-    if args.workdir is None:
-        if result["ok"]:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-    return 0 if result["ok"] else 1
+    return run_and_report(args, "ipm-bench-migration-",
+                          lambda cache, workdir: run(settings, cache, workdir), summary)

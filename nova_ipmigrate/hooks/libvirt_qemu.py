@@ -2,8 +2,10 @@
 
 Installed as ``/etc/libvirt/hooks/qemu.d/50-nova-ipmigrate`` (a script that runs
 ``python -m nova_ipmigrate.hooks.libvirt_qemu --control-socket PATH "$@"``; see
-:func:`hook_script`). libvirt calls it as ``qemu.d/X <domain> <op> <sub-op> <extra>``
-with the domain XML on stdin, synchronously. What it does:
+:func:`hook_script`) by ``python -m nova_ipmigrate.hooks.libvirt_qemu install
+--control-socket PATH``; libvirtd reads its hooks when it starts. libvirt calls it
+as ``qemu.d/X <domain> <op> <sub-op> <extra>`` with the domain XML on stdin,
+synchronously. What it does:
 
 * ``start begin``: QEMU is about to start (also for an incoming migration; the
   domain's memory directory exists, QEMU has not opened the RAM file): the agent
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+#: the hook's file name in libvirt's hooks/qemu.d
+HOOK_NAME = "50-nova-ipmigrate"
 
 
 def parse_domain(xml: str) -> dict[str, Any]:
@@ -63,14 +67,34 @@ esac
 """
 
 
+def install(directory: Path, control_socket: Path, python: str | None = None) -> Path:
+    """Write the hook into libvirt's ``hooks/qemu.d`` (libvirtd reads it when it starts)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / HOOK_NAME
+    path.write_text(hook_script(python or sys.executable, control_socket))
+    path.chmod(0o755)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["install"]:
+        inst = argparse.ArgumentParser(prog="python -m nova_ipmigrate.hooks.libvirt_qemu "
+                                            "install")
+        inst.add_argument("install")
+        inst.add_argument("--control-socket", type=Path, required=True,
+                          help="the agent's [agent] control_socket")
+        inst.add_argument("--hooks-dir", type=Path, default=Path("/etc/libvirt/hooks/qemu.d"))
+        a = inst.parse_args(args_in)
+        print(f"installed {install(a.hooks_dir, a.control_socket)}; restart libvirtd")
+        return 0
     parser = argparse.ArgumentParser(prog="nova-ipmigrate libvirt hook")
     parser.add_argument("--control-socket", type=Path, required=True)
     parser.add_argument("domain")
     parser.add_argument("op")
     parser.add_argument("subop", nargs="?", default="-")
     parser.add_argument("extra", nargs="?", default="-")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     from nova_ipmigrate.memfs.control import ControlError, call
 
     xml = sys.stdin.read()

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from nova_ipmigrate.hooks.libvirt_qemu import HOOK_NAME
 from nova_ipmigrate.lab.hosts import LabHost
 from nova_ipmigrate.qemu.memcg import MemoryCgroup
 from nova_ipmigrate.qemu.runner import parse_smaps_rss_kb
@@ -116,7 +117,7 @@ class LabLibvirtd:
         (etc / "libvirt.conf").write_text(f'uri_default = "{URI}"\n')
         hooks = etc / "hooks" / "qemu.d"
         hooks.mkdir(parents=True, exist_ok=True)
-        script = hooks / "50-nova-ipmigrate"
+        script = hooks / HOOK_NAME
         if self.hook is not None:
             script.write_text(self.hook)
             script.chmod(0o755)

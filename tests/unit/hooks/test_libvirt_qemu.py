@@ -111,3 +111,11 @@ def test_hook_script(tmp_path: Path) -> None:
     assert out.stdout.split() == ["-m", "nova_ipmigrate.hooks.libvirt_qemu",
                                   "--control-socket", f"{tmp_path}/a", "b.sock", "oracle",
                                   "start", "begin", "-"]
+
+
+def test_install(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert libvirt_qemu.main(["install", "--control-socket", "/run/a.sock",
+                              "--hooks-dir", str(tmp_path / "qemu.d")]) == 0
+    hook = tmp_path / "qemu.d" / libvirt_qemu.HOOK_NAME
+    assert hook.stat().st_mode & 0o111 and "--control-socket /run/a.sock" in hook.read_text()
+    assert "restart libvirtd" in capsys.readouterr().out
