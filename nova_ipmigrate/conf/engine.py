@@ -62,6 +62,15 @@ ENGINE_OPTS: list[cfg.Opt] = [
         min=1,
         help="Threads that run the steps of operations (agent calls) in parallel.",
     ),
+    cfg.IntOpt(
+        "cleanup_timeout",
+        default=300,
+        min=1,
+        help="Seconds a failed main-host migration keeps asking the destination's agent "
+        "to forget the incoming VM (it refuses while the incoming QEMU still runs, and "
+        "cannot answer while it is down). Past them the operation ends anyway, saying "
+        "the destination was not cleaned up; the VM runs on its main host either way.",
+    ),
 ]
 
 #: the engine's database when [database] connection is not set

@@ -37,7 +37,8 @@ class EngineService:
         self.worker = Worker(self.db, agents, self.inventory, self.notifications,
                              max_ops_per_host=e.max_ops_per_host,
                              max_ops_per_link=e.max_ops_per_link,
-                             poll_interval=e.poll_interval, workers=e.workers, ctxt=self.ctxt)
+                             poll_interval=e.poll_interval, workers=e.workers, ctxt=self.ctxt,
+                             cleanup_timeout=e.cleanup_timeout)
         self.manager = EngineManager(self.db, self.inventory, self.notifications,
                                      wake=self.worker.wake)
         self.server: Any = None

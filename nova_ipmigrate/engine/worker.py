@@ -61,6 +61,8 @@ LOG = logging.getLogger(__name__)
 AGENT_FORGOT = ("the agent on {host} no longer knows operation {agent_op} (the agent "
                 "restarted?): the data plane rolled back this part move, or the VM is gone")
 _END_EVENT = {"done": "end", "failed": "error", "aborted": "abort"}
+#: the destination's refusals that a failed main-host move's cleanup asks again after
+_CLEANUP_RETRY: tuple[type[BaseException], ...] = (exception.Conflict, *TRANSIENT)
 
 
 def footprint(op: Operation) -> tuple[set[str], set[tuple[str, str]]]:
@@ -85,8 +87,9 @@ class Worker:
     def __init__(self, db: Database, agents: Any, inventory: Inventory,
                  notifications: Notifications, max_ops_per_host: int = 2,
                  max_ops_per_link: int = 1, poll_interval: float = 1.0,
-                 workers: int = 4, ctxt: Any = None) -> None:
+                 workers: int = 4, ctxt: Any = None, cleanup_timeout: float = 300.0) -> None:
         self.db = db
+        self.cleanup_timeout = cleanup_timeout
         self.agents = agents
         self.inventory = inventory
         self.notify = notifications
@@ -323,6 +326,10 @@ class Worker:
         final = state if state in ("done", "failed", "aborted") else "failed"
         if final != state:
             fault = f"the agent reports an unknown state {state!r}: {fault}"
+        if op.kind == "main_host_migration" and final != "done":
+            fault = (f"the VM runs on {op.dest_host} now, but pulling the pages of "
+                     f"{op.source_host} ended {final} ({fault}): {op.source_host} keeps "
+                     f"them as a holder; a partial migration of {op.source_host} moves them")
         self._finish(op, final, fault, progress=progress)
 
     def _abort_move(self, op: Operation) -> None:
@@ -414,19 +421,22 @@ class Worker:
         """The move failed before the switch: the destination forgets the VM (it may
         refuse while its incoming QEMU still goes: the next pass asks again)."""
         p = op.params or {}
+        note = ""
         try:
             self.agents.incoming_abort(self.ctxt, op.dest_host, vm=op.vm)
-        except exception.Conflict as exc:
-            LOG.info("operation %s: %s: asked again next pass", op.id, describe(exc))
-            return
-        except TRANSIENT:
-            raise
+        except _CLEANUP_RETRY as exc:
+            waited = (utcnow() - op.updated_at).total_seconds() if op.updated_at else 0.0
+            if waited < self.cleanup_timeout:
+                LOG.info("operation %s: %s: asked again next pass", op.id, describe(exc))
+                return
+            note = (f"; {op.dest_host} was not cleaned up in {self.cleanup_timeout:g} s "
+                    f"({describe(exc)}): its agent forgets the incoming VM when it restarts")
         except Exception as exc:  # noqa: BLE001 - reported with the outcome
             LOG.warning("operation %s: incoming_abort on %s: %s", op.id, op.dest_host,
                         describe(exc))
         outcome = str(p.get("outcome", "failed"))
         self._finish(op, outcome if outcome in ("failed", "aborted") else "failed",
-                     f"{p.get('fault')}; the VM goes on at {op.main_host}")
+                     f"{p.get('fault')}; the VM goes on at {op.main_host}{note}")
 
     def _main_commit(self, op: Operation) -> None:
         p = op.params or {}

@@ -328,3 +328,30 @@ def test_main_host_migration_resumes_after_a_restart(db_path, agents: FakeAgents
         assert [c[0] for c in agents.mutating_calls()].count("main_migrate") == 1
     finally:
         second.close()
+
+
+def test_cleanup_gives_up_after_its_timeout(engine: Engine, agents: FakeAgents) -> None:
+    engine.worker.cleanup_timeout = 0.0
+    op = engine.manager.main_host_migration({}, vm="vm1", dest_host="h4")
+    engine.worker.tick()
+    aop = engine.db.get(op["id"]).agent_op_id
+    agents.incoming[("h4", "vm1")] = "busy"     # it never goes
+    agents.finish("h1", aop, "failed", "boom")
+    final = engine.run(op["id"])
+    assert final["state"] == "failed" and "was not cleaned up" in final["fault"]
+    assert "goes on at h1" in final["fault"]
+
+
+def test_a_failed_pull_says_where_the_vm_and_its_pages_are(engine: Engine,
+                                                           agents: FakeAgents) -> None:
+    op = engine.manager.main_host_migration({}, vm="vm1", dest_host="h4")
+    for _ in range(10):
+        engine.worker.tick()
+        cur = engine.db.get(op["id"])
+        if cur.step == "pulling":
+            break
+    assert cur.step == "pulling"
+    agents.finish("h4", cur.agent_op_id, "failed", "h1 does not answer")
+    final = engine.run(op["id"])
+    assert final["state"] == "failed" and final["main_host"] == "h4"
+    assert "runs on h4 now" in final["fault"] and "h1 keeps them" in final["fault"]
