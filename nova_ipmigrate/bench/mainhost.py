@@ -2,7 +2,7 @@
 with a plain libvirt live migration of the same VM without split memory.
 
 Two lab runs in one command (root), every host's link shaped to ``--link``
-(default 1gbit), the same oracle guest (1024 MiB; 512 MiB with ``--quick``):
+(default 1gbit), the same oracle guest (1024 MiB; 384 MiB with ``--quick``):
 
 plain   the guest as an ordinary libvirt domain (anonymous RAM, not split) on h1
         of a 2-host lab; once the oracle filled its memory, R = plain TCP h1 -> h2,
@@ -99,8 +99,8 @@ class Settings:
     def quick(cls, **overrides: Any) -> Settings:
         # the plain run's oracle must outlive its migration (35 s for 512 MiB under TCG:
         # the unthrottled oracle dirties its memory faster than the link moves it)
-        return cls(**{"ram_mb": 512, "seconds": 45, "plain_seconds": 50, "moves": 2,
-                      "plain_after_s": 3.0, **overrides})
+        return cls(**{"ram_mb": 384, "seconds": 40, "plain_seconds": 45, "moves": 2,
+                      "plain_after_s": 3.0, "after_s": 5.0, **overrides})
 
 
 def _err(line: str) -> None:
@@ -347,8 +347,8 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_lab_arguments(parser, "the CI configuration: 512 MiB guest, 2 moves (a few minutes)",
-                      "guest RAM in MiB (default 1024; 512 with --quick)")
+    add_lab_arguments(parser, "the CI configuration: 384 MiB guest, 2 moves (a few minutes)",
+                      "guest RAM in MiB (default 1024; 384 with --quick)")
     parser.add_argument("--moves", type=int, default=None,
                         help="main-host moves of the split run (default 3; 2 with --quick)")
 

@@ -21,6 +21,7 @@ nohuge shim preloaded through ``<qemu:env>`` and an extra QMP monitor through
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -231,6 +232,30 @@ class LabLibvirtd:
             with contextlib.suppress(OSError):
                 out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(out)
+
+
+def start_all(libvirtds: Sequence[LabLibvirtd]) -> None:
+    """Start several hosts' libvirtd at once; on a failure none is left running."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(libvirtds))) as pool:
+        results = list(pool.map(_start_one, libvirtds))
+    failed = [exc for exc in results if exc is not None]
+    if failed:
+        stop_all(libvirtds)
+        raise failed[0]
+
+
+def stop_all(libvirtds: Sequence[LabLibvirtd]) -> None:
+    """Stop several hosts' libvirtd at once (each destroys its domains first)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(libvirtds))) as pool:
+        list(pool.map(lambda d: d.stop(), libvirtds))
+
+
+def _start_one(d: LabLibvirtd) -> BaseException | None:
+    try:
+        d.start()
+    except Exception as exc:  # noqa: BLE001 - raised by start_all, after the cleanup
+        return exc
+    return None
 
 
 def domain_xml(name: str, ram_mb: int, kernel: Path, initrd: Path, cmdline: str,

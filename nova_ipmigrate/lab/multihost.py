@@ -30,7 +30,7 @@ from nova_ipmigrate.hooks.libvirt_qemu import hook_script
 from nova_ipmigrate.lab import memview
 from nova_ipmigrate.lab.control import ControlPlane, context
 from nova_ipmigrate.lab.hosts import Lab
-from nova_ipmigrate.lab.libvirt import LabLibvirtd, LibvirtGuest, domain_xml
+from nova_ipmigrate.lab.libvirt import LabLibvirtd, LibvirtGuest, domain_xml, start_all, stop_all
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from nova_ipmigrate.lab.singlehost import (
     MIB,
@@ -200,8 +200,8 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
             for h, a in zip(hosts, agents, strict=True):
                 libvirtds[h.name] = LabLibvirtd(
                     h, a.mountpoint, hook=hook_script(sys.executable, a.socket))
-                libvirtds[h.name].start()
-                stack.callback(libvirtds[h.name].stop)
+            start_all(list(libvirtds.values()))
+            stack.callback(stop_all, list(libvirtds.values()))
             # the extra QMP monitor is in every host's private /run: the same path
             # serves the domain wherever it runs
             qmp_inside = Path("/run/ipmigrate") / f"{vm}.qmp"

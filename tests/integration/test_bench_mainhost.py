@@ -1,6 +1,6 @@
 """B4 in the lab: ``ipmigrate-bench mainhost --quick`` runs to its end.
 
-The CI configuration: a plain libvirt live migration of the 512 MiB oracle guest
+The CI configuration: a plain libvirt live migration of the 384 MiB oracle guest
 (not split) between two hosts, then the same guest split 3-way whose main host
 moves twice (h1 -> h4 -> h1), 1 Gbit/s links. Every move ends done, the split
 guest's oracle sees no mismatch, and every figure is measured. The targets of

@@ -130,7 +130,7 @@ def test_main_host_moves_killed_destination_reintegration_and_reboot(workdir: Pa
     host back and every part in parallel; then the guest reboots."""
     if not libvirt.available():
         pytest.skip("needs libvirt-daemon-system (bindep.txt)")
-    _r, extra = _run(workdir, scenario.main_host_moves, seconds=100 if QUICK else 150,
+    _r, extra = _run(workdir, scenario.main_host_moves, seconds=85 if QUICK else 150,
                      libvirt=True, libvirt_on_reboot="restart")
     s = extra["scenario"]
     h1, h4 = f"{_prefix()}-h1", f"{_prefix()}-h4"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from nova_ipmigrate.lab import libvirt
 from nova_ipmigrate.lab.hosts import LabHost
 
@@ -70,3 +72,28 @@ def test_domain_xml(tmp_path: Path) -> None:
     kvm = ET.fromstring(libvirt.domain_xml("vm", 256, Path("/k"), Path("/i"), "", Path("/s"),
                                            Path("/q"), accel="kvm"))
     assert kvm.get("type") == "kvm" and not list(kvm.iter(f"{QEMU_NS}env"))
+
+
+class _FakeLibvirtd:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail, self.started, self.stopped = fail, False, False
+
+    def start(self) -> None:
+        if self.fail:
+            raise libvirt.LibvirtError("libvirtd on h2 exited with 1")
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_start_all_leaves_nothing_running_on_a_failure() -> None:
+    ok = [_FakeLibvirtd(), _FakeLibvirtd()]
+    libvirt.start_all(ok)  # type: ignore[arg-type]
+    assert all(d.started and not d.stopped for d in ok)
+    some = [_FakeLibvirtd(), _FakeLibvirtd(fail=True)]
+    with pytest.raises(libvirt.LibvirtError, match="h2 exited"):
+        libvirt.start_all(some)  # type: ignore[arg-type]
+    assert all(d.stopped for d in some)
+    libvirt.stop_all(ok)  # type: ignore[arg-type]
+    assert all(d.stopped for d in ok)
