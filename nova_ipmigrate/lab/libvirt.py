@@ -203,6 +203,17 @@ class LabLibvirtd:
                 continue
         self.kill_domains()
 
+    def wait_no_domains(self, timeout: float = 60.0) -> None:
+        """Until libvirtd lists no domain: a restarted libvirtd removes those it finds
+        dead in its state directory in the background, and refuses an incoming domain
+        of the same name meanwhile ("already being removed")."""
+        deadline = time.monotonic() + timeout
+        while self.virsh("list", "--all", "--name", timeout=20).stdout.split():
+            if time.monotonic() > deadline:
+                raise LibvirtError(f"libvirtd on {self.host.name} still lists domains "
+                                   f"after {timeout:.0f}s")
+            time.sleep(0.2)
+
     def kill(self) -> None:
         """SIGKILL libvirtd (a failure test); its QEMUs go on (see kill_domains)."""
         proc = self._proc

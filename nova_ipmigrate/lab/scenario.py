@@ -475,6 +475,7 @@ def main_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any
 
     def restart_agent() -> None:
         lvd.kill_domains()   # an incoming QEMU left on the dead mount
+        lvd.wait_no_domains()
         h4.start()
     out["killed_agent"] = _failed_move(
         ctx, ops, "h4", lambda: os.kill(h4.pid, signal.SIGKILL), restart_agent,
@@ -484,6 +485,7 @@ def main_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any
     out["killed_libvirtd"] = _failed_move(
         ctx, ops, "h4", lvd.kill, kill_orphans, "the destination's libvirtd killed")
     lvd.start()
+    lvd.wait_no_domains()   # it removes the dead incoming domain it finds first
     res = ops.main_move("h4")
     _check(res["moved"], f"main-host move to h4: {res['migration']}")
     _done(res["pull"])
