@@ -49,7 +49,7 @@ from nova_ipmigrate.agent import placement
 from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.fabric.errors import RemoteBadRequestError, RemoteInternalError
-from nova_ipmigrate.memfs.control import ControlError
+from nova_ipmigrate.memfs.control import ControlError, _str_arg
 from nova_ipmigrate.memfs.pages import HERE, contiguous_runs
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import DirectoryGate, RamFile
@@ -320,7 +320,7 @@ class MainMoves:
         limit = req.get("resident_limit", 0)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ControlError("'resident_limit' must be a non-negative integer (bytes)")
-        source = _sub_host(req.get("source"), "source")
+        source = parse_host(req.get("source"), "source")
         if source.name == self.host_name:
             raise ControlError("the source of a main-host move cannot be its destination")
         if any(ram.vm == vm for _p, ram in self.memfs.ram_files()):
@@ -463,12 +463,12 @@ class MainMoves:
         again = self.operations.by_request(req.get("request_id"))
         if again is not None:   # a repeated request (the engine restarted): the same one
             return again
-        path = _str(req, "path")
+        path = _str_arg(req, "path")
         ram = self.memfs.find(path)
         vm = ram.vm
         if vm is None or not isinstance(ram.remote, FabricRemotePaging) or ram.table is None:
             raise OperationError(f"{path} is not a split VM's RAM file on {self.host_name}")
-        dest = _sub_host(req.get("dest"), "dest")
+        dest = parse_host(req.get("dest"), "dest")
         if dest.name == self.host_name:
             raise OperationError("the destination must differ from the main host")
         if ram.remote.holder_of_host(dest.name):
@@ -599,7 +599,8 @@ def _uuid_arg(req: dict[str, Any], key: str) -> uuid.UUID:
         raise ControlError(f"'{key}' must be an instance UUID") from exc
 
 
-def _sub_host(raw: Any, what: str) -> SubHost:
+def parse_host(raw: Any, what: str) -> SubHost:
+    """A request's ``{name, address, port}`` (a destination, a source), checked."""
     if not isinstance(raw, dict):
         raise ControlError(f"'{what}' must be {{name, address, port}}")
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nova_ipmigrate.agent import placement
-from nova_ipmigrate.agent.mainmove import LibvirtConfig, MainMoves
+from nova_ipmigrate.agent.mainmove import LibvirtConfig, MainMoves, parse_host
 from nova_ipmigrate.agent.pageservice import AgentPageService
 from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
 from nova_ipmigrate.agent.substore import SubHostStore
@@ -356,15 +356,8 @@ class Agent:
 
 
 def _endpoint(raw: Any) -> Endpoint:
-    if not isinstance(raw, dict):
-        raise ControlError("'dest' must be {name, address, port}")
-    try:
-        name, address, port = str(raw["name"]), str(raw["address"]), int(raw["port"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ControlError(f"bad 'dest': {exc}") from exc
-    if not name or not address or not 0 < port < 65536:
-        raise ControlError("'dest' needs a name, an address and a port 1-65535")
-    return Endpoint(name, address, port)
+    host = parse_host(raw, "dest")
+    return Endpoint(host.name, host.address, host.port)
 
 
 def _strategy_arg(req: dict[str, Any]) -> str | None:

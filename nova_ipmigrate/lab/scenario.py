@@ -197,19 +197,9 @@ class LabOps:
         dst.call("incoming_prepare", vm=ctx.vm, size=int(f["size"]),
                  resident_limit=int(f["resident_limit_pages"]) * PAGE,
                  source=src.sub_host_entry())
-        ctx.guest.expect_move(libvirtd)
-        try:
-            op = src.call("main_migrate", path=ctx.path, dest=dst.sub_host_entry())
-            injector = None
-            if inject is not None:   # a failure to inject while it runs
-                injector = threading.Thread(target=inject, name="lab-inject", daemon=True)
-                injector.start()
-            op = self.wait(op, timeout, main=src)
-            if injector is not None:
-                injector.join(60)
-        except BaseException:
-            ctx.guest.expect_move(None)
-            raise
+        op = self._run_move(libvirtd, inject, lambda: self.wait(
+            src.call("main_migrate", path=ctx.path, dest=dst.sub_host_entry()), timeout,
+            main=src))
         out: dict[str, Any] = {"migration": op, "moved": op["state"] == "done"}
         if op["state"] != "done":
             # the VM goes on here; the caller cleans the destination up (abort_incoming)
@@ -231,24 +221,31 @@ class LabOps:
                  f"switched in {out['switched_s']} s, all in {out['total_s']} s")
         return out
 
+    def _run_move(self, libvirtd: Any, inject: Callable[[], None] | None,
+                  run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run a main-host move's first part (``run``: start it, wait for it) with the
+        guest followed to ``libvirtd`` and ``inject`` (a failure) in a thread meanwhile."""
+        self.ctx.guest.expect_move(libvirtd)
+        injector = None
+        try:
+            if inject is not None:   # it waits for the move itself before it acts
+                injector = threading.Thread(target=inject, name="lab-inject", daemon=True)
+                injector.start()
+            op = run()
+            if injector is not None:
+                injector.join(60)
+        except BaseException:
+            self.ctx.guest.expect_move(None)
+            raise
+        return op
+
     def _main_move_engine(self, src: AgentDaemon, dst: AgentDaemon, libvirtd: Any,
                           then: str, timeout: float, inject: Callable[[], None] | None,
                           t0: float) -> dict[str, Any]:
         ctx = self.ctx
-        ctx.guest.expect_move(libvirtd)
-        try:
-            op = self.engine.main_host_migration(context(), ctx.vm, dest_host=dst.host,
-                                                 then=then)
-            injector = None
-            if inject is not None:
-                injector = threading.Thread(target=inject, name="lab-inject", daemon=True)
-                injector.start()
-            op = self.wait(op, timeout)
-            if injector is not None:
-                injector.join(60)
-        except BaseException:
-            ctx.guest.expect_move(None)
-            raise
+        op = self._run_move(libvirtd, inject, lambda: self.wait(
+            self.engine.main_host_migration(context(), ctx.vm, dest_host=dst.host,
+                                            then=then), timeout))
         moved = op.get("main_host") == dst.host
         out: dict[str, Any] = {"migration": op, "moved": moved}
         if not moved:
