@@ -210,8 +210,10 @@ class LabLibvirtd:
         deadline = time.monotonic() + timeout
         while self.virsh("list", "--all", "--name", timeout=20).stdout.split():
             if time.monotonic() > deadline:
+                listing = self.virsh("list", "--all", check=False, timeout=20)
                 raise LibvirtError(f"libvirtd on {self.host.name} still lists domains "
-                                   f"after {timeout:.0f}s")
+                                   f"after {timeout:.0f}s: {listing.stdout.strip()}\n"
+                                   f"{self.tail()}")
             time.sleep(0.2)
 
     def kill(self) -> None:
@@ -222,20 +224,40 @@ class LabLibvirtd:
             proc.wait(10)
 
     def kill_domains(self, timeout: float = 10.0) -> list[int]:
-        """SIGKILL every QEMU this host's libvirt started (pid files in its /run)."""
-        killed = []
-        for pid_file in (self.host.run_dir / "libvirt" / "qemu").glob("*.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(pid_file.read_text().strip())
-                # driver.pid there is libvirtd's own lock file
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-                if _running(pid) and b"qemu-system" in cmd:
+        """SIGKILL every QEMU this host's libvirt started: those of its pid files in
+        its /run, and any QEMU whose command line names this host's memory backing
+        directory (one a killed libvirtd forked before it wrote the pid file)."""
+        killed: list[int] = []
+        for _ in range(2):   # again: a QEMU still exec'ing on the first pass
+            for pid in sorted(self._qemu_pids() - set(killed)):
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
+            time.sleep(0.3)
         deadline = time.monotonic() + timeout
         while any(_running(p) for p in killed) and time.monotonic() < deadline:
             time.sleep(0.05)
         return killed
+
+    def _qemu_pids(self) -> set[int]:
+        pids: set[int] = set()
+        for pid_file in (self.host.run_dir / "libvirt" / "qemu").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.add(int(pid_file.read_text().strip()))
+        mark = str(self.memory_backing_dir).encode()
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if mark in proc.joinpath("cmdline").read_bytes():
+                        pids.add(int(proc.name))
+        out = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                # driver.pid in the pid directory is libvirtd's own lock file
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                if _running(pid) and b"qemu-system" in cmd:
+                    out.add(pid)
+        return out
 
     def tail(self, chars: int = 3000) -> str:
         out = []
