@@ -79,6 +79,12 @@ run_pytest() {
 run_step "ruff" "$BIN/ruff" check .
 run_step "mypy" "$BIN/mypy" nova_ipmigrate
 run_step "unit tests" run_pytest tests/unit
+# Nova's side in processes of their own, in Nova's native threading mode
+# (tests/nova/__init__.py): unit tests, then the functional tests on Nova's
+# fixtures (testtools-based, run by stestr as Nova runs them; stestr fails a run
+# that found no test)
+run_step "nova unit tests" run_pytest tests/nova/unit
+run_step "nova functional tests" "$BIN/stestr" run --serial
 
 if [[ $unit_only -eq 1 ]]; then
     skip_step "integration tests" "--unit-only"

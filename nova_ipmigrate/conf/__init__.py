@@ -1,7 +1,11 @@
 """Configuration of nova-ipmigrate: one module per option group.
 
-Importing this package registers every group on the global ``CONF``; code reads
-options as ``nova_ipmigrate.conf.CONF.memfs.mountpoint``.
+Importing this package registers every group on ``CONF``; code reads options as
+``nova_ipmigrate.conf.CONF.memfs.mountpoint``. ``CONF`` is nova-ipmigrate's own
+``ConfigOpts``, not oslo.config's global one: that one is Nova's (its
+``state_path``, ``[libvirt]`` and ``[database]`` differ from ours), and the
+plug-in's Nova side (driver, scheduler plug-ins, the engine's Nova backend) runs
+in processes that load both.
 """
 
 from oslo_config import cfg
@@ -18,7 +22,7 @@ from nova_ipmigrate.conf import (
     paths,
 )
 
-CONF = cfg.CONF
+CONF = cfg.ConfigOpts()
 
 paths.register_opts(CONF)
 memfs.register_opts(CONF)

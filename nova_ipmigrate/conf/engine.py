@@ -73,6 +73,40 @@ ENGINE_OPTS: list[cfg.Opt] = [
     ),
 ]
 
+NOVA_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "backend",
+        default="local",
+        choices=[("local", "the agents alone: destinations from their free room, no "
+                  "accounting (the lab)"),
+                 ("nova", "Nova: destinations from Nova's scheduler, every part "
+                  "accounted in placement, drains on Nova's maintenance notifications")],
+        help="What the engine works with besides the agents.",
+    ),
+    cfg.ListOpt(
+        "nova_config_files",
+        default=["/etc/nova/nova.conf"],
+        help="With backend = nova: Nova's configuration the engine reads to reach Nova's "
+        "scheduler (its transport_url), API database (request specs, host mappings) "
+        "and placement ([placement] credentials).",
+    ),
+    cfg.ListOpt(
+        "maintenance_reasons",
+        default=["maintenance"],
+        help="With backend = nova: a nova-compute service disabled with a reason that "
+        "starts with one of these (case-insensitive) has every split-instance part "
+        "drained from its host. Empty: no automatic drains.",
+    ),
+    cfg.IntOpt(
+        "reconcile_interval",
+        default=600,
+        min=0,
+        help="With backend = nova: seconds between two comparisons of the agents' "
+        "layouts with placement's allocations; a mismatch is logged as a warning "
+        "(nothing is changed). 0: only on request (the reconcile RPC call).",
+    ),
+]
+
 #: the engine's database when [database] connection is not set
 DEFAULT_CONNECTION = "sqlite:///$state_path/engine.sqlite"
 
@@ -91,9 +125,9 @@ DATABASE_OPTS = _database_opts()
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_group(engine_group)
-    conf.register_opts(ENGINE_OPTS, group=engine_group)
+    conf.register_opts(ENGINE_OPTS + NOVA_OPTS, group=engine_group)
     conf.register_opts(DATABASE_OPTS, group="database")
 
 
 def list_opts() -> list[tuple[str | cfg.OptGroup, list[cfg.Opt]]]:
-    return [(engine_group, ENGINE_OPTS), ("database", DATABASE_OPTS)]
+    return [(engine_group, ENGINE_OPTS + NOVA_OPTS), ("database", DATABASE_OPTS)]

@@ -1,4 +1,4 @@
-"""The engine's RPC endpoint (topic ``ipmigrate-engine``, API version 1.2).
+"""The engine's RPC endpoint (topic ``ipmigrate-engine``, API version 1.3).
 
 Every request is validated up front against what the agents report; a request
 that is refused raises one of :mod:`nova_ipmigrate.exception` (unknown VM:
@@ -16,6 +16,13 @@ API versions:
 * 1.2: main_host_migration (the main host's vCPUs, devices and resident pages to
   another host, through libvirt); reintegration onto a host other than the main
   host (a main-host move to it, then every part comes to it)
+* 1.3: split with no ``sub_hosts`` and no ``resident_limit`` where the engine's
+  backend schedules (``[engine] backend = nova``: the flavor says how, Nova's
+  scheduler says where); reconcile (the agents' truth against the backend's books)
+
+With a backend that schedules, destinations come from it (Nova's scheduler) and
+its claims are made here, before the operation exists: a claim that fails
+refuses the request and changes nothing.
 
 Strategies are the plugins of ``nova_ipmigrate.transfer_strategy`` installed
 where the engine runs (the main host's agent loads the same name; one it lacks
@@ -25,12 +32,14 @@ refuses the start, and the operation ends ``failed`` with its reason).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import oslo_messaging as messaging
 
 from nova_ipmigrate import exception
+from nova_ipmigrate.engine.backend import RECORD, Backend
 from nova_ipmigrate.engine.db import Database, StaleOperation
 from nova_ipmigrate.engine.inventory import Inventory
 from nova_ipmigrate.engine.models import ACTIVE_STATES, KINDS, STATES, Operation, utcnow
@@ -39,7 +48,7 @@ from nova_ipmigrate.engine.worker import reserved_pages
 from nova_ipmigrate.migration import strategy as strategies
 from nova_ipmigrate.remotable import remotable
 
-RPC_API_VERSION = "1.2"
+RPC_API_VERSION = "1.3"
 _STRATEGY_NAMES: list[str] = []
 
 
@@ -81,9 +90,13 @@ class EngineManager:
     target = messaging.Target(version=RPC_API_VERSION)
 
     def __init__(self, db: Database, inventory: Inventory,
-                 notifications: Notifications | None = None, wake: Any = None) -> None:
+                 notifications: Notifications | None = None, wake: Any = None,
+                 backend: Backend | None = None,
+                 reconciler: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.db = db
         self.inventory = inventory
+        self.backend = backend or Backend()
+        self._reconciler = reconciler
         self.notify = notifications
         self._wake = wake or (lambda: None)
         #: validation and creation of one request at a time (conflict checks)
@@ -103,6 +116,19 @@ class EngineManager:
         op = self.db.create(**values)
         self._wake()
         return op.to_dict()
+
+    def _create_claimed(self, record: dict[str, Any] | None,
+                        build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Create the operation ``build`` describes; a failure gives the backend's
+        claims back (the request then changed nothing)."""
+        try:
+            values = build()
+            if record is not None:
+                values["params"] = {**values.get("params", {}), RECORD: record}
+            return self._create(**values)
+        except Exception:
+            self.backend.release(record)
+            raise
 
     def _get(self, op_id: Any) -> Operation:
         _str("op_id", op_id)
@@ -147,9 +173,7 @@ class EngineManager:
                 raise _invalid(f"{source_host} holds no part of {vm} (sub-hosts holding "
                                f"parts: {', '.join(holders) or 'none'})")
             reserved = reserved_pages(self.db)
-            if dest_host is None:
-                dest_host = inv.choose_destination(entry, source_host, reserved)
-            elif dest_host != main:
+            if dest_host is not None and dest_host != main:
                 free = inv.free_pages([dest_host], reserved)
                 if dest_host not in free:
                     raise exception.Unavailable(f"the agent on {dest_host} does not answer",
@@ -158,12 +182,26 @@ class EngineManager:
                     raise exception.InsufficientCapacity(
                         f"{dest_host} has room for {free[dest_host]} pages, the part of "
                         f"{vm} on {source_host} has {pages}", reason=dest_host)
-            endpoint = inv.endpoint(dest_host)
-            return self._create(
-                kind="partial_migration", vm=vm, path=str(entry["path"]), main_host=main,
-                source_host=source_host, dest_host=dest_host, strategy=strategy,
-                params={"pages": pages, "max_rate_mb_s": max_rate_mb_s,
-                        "dest_endpoint": endpoint})
+            op_id = str(uuid.uuid4())
+            record = None
+            if self.backend.schedules:
+                holders = sorted(h for h, n in dict(entry["pages_by_host"]).items()
+                                 if int(n) > 0 and h != main)
+                record = self.backend.claim_part(op_id, vm, main, source_host, dest_host,
+                                                 holders)
+                dest_host = str(record["dest"])
+            elif dest_host is None:
+                dest_host = inv.choose_destination(entry, source_host, reserved)
+            dest = dest_host
+
+            def build() -> dict[str, Any]:
+                return dict(
+                    id=op_id, kind="partial_migration", vm=vm, path=str(entry["path"]),
+                    main_host=main, source_host=source_host, dest_host=dest,
+                    strategy=strategy,
+                    params={"pages": pages, "max_rate_mb_s": max_rate_mb_s,
+                            "dest_endpoint": inv.endpoint(dest)})
+            return self._create_claimed(record, build)
 
     @remotable()
     def reintegration(self, context: Any, vm: str, target_host: str | None = None,
@@ -185,10 +223,13 @@ class EngineManager:
             sources = sorted(h for h, n in pages.items() if h != main and n > 0)
             if not sources:
                 raise _invalid(f"every page of {vm} is on its main host {main} already")
-            return self._create(
-                kind="reintegration", vm=vm, path=str(entry["path"]), main_host=main,
-                dest_host=main, strategy=strategy,
-                params={"sources": sources, "pages": sum(pages[h] for h in sources)})
+            op_id = str(uuid.uuid4())
+            record = (self.backend.claim_reintegration(op_id, vm, main, sources)
+                      if self.backend.schedules else None)
+            return self._create_claimed(record, lambda: dict(
+                id=op_id, kind="reintegration", vm=vm, path=str(entry["path"]),
+                main_host=main, dest_host=main, strategy=strategy,
+                params={"sources": sources, "pages": sum(pages[h] for h in sources)}))
 
     @remotable()
     def main_host_migration(self, context: Any, vm: str, dest_host: str | None = None,
@@ -208,6 +249,7 @@ class EngineManager:
                    then: str) -> dict[str, Any]:
         """Create a main-host move of ``entry``'s VM (lock held, no conflict)."""
         vm, main = str(entry["vm"]), str(entry["main_host"])
+        self.backend.check_main_move(vm)
         if entry.get("broken"):
             raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
         pages = {h: int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
@@ -234,15 +276,20 @@ class EngineManager:
 
     @remotable()
     def split(self, context: Any, main_host: str, path: str, vm: str,
-              sub_hosts: Sequence[str], resident_limit: int) -> dict[str, Any]:
+              sub_hosts: Sequence[str] = (), resident_limit: int | None = None
+              ) -> dict[str, Any]:
         _str("main_host", main_host)
         _str("path", path)
         _str("vm", vm)
-        hosts = _host_list("sub_hosts", sub_hosts)
-        if not hosts:
+        hosts = _host_list("sub_hosts", list(sub_hosts) if isinstance(sub_hosts, tuple)
+                           else sub_hosts)
+        if not hosts and not self.backend.schedules:
             raise _invalid("a split needs at least one sub-host")
-        if isinstance(resident_limit, bool) or not isinstance(resident_limit, int) \
-                or resident_limit < 0:
+        if resident_limit is None and not self.backend.schedules:
+            raise _invalid("a split needs resident_limit (bytes)")
+        if resident_limit is not None and (
+                isinstance(resident_limit, bool) or not isinstance(resident_limit, int)
+                or resident_limit < 0):
             raise _invalid(f"resident_limit must be a non-negative integer (bytes), not "
                            f"{resident_limit!r}")
         inv = self.inventory
@@ -260,11 +307,19 @@ class EngineManager:
                     raise exception.Conflict(
                         f"{e['vm']} ({e['main_host']}:{e['path']}) is split already",
                         reason=f"VM {vm}")
-            endpoints = [inv.endpoint(h) for h in hosts]
-            return self._create(
-                kind="split", vm=vm, path=path, main_host=main_host,
-                params={"sub_hosts": hosts, "sub_host_endpoints": endpoints,
-                        "resident_limit": resident_limit})
+            op_id = str(uuid.uuid4())
+            record = None
+            if self.backend.schedules:
+                record = self.backend.claim_split(op_id, vm, main_host, hosts,
+                                                  resident_limit)
+                hosts = [str(h) for h in record["sub_hosts"]]
+                resident_limit = int(record["resident_limit"])
+            chosen, limit = hosts, resident_limit
+            return self._create_claimed(record, lambda: dict(
+                id=op_id, kind="split", vm=vm, path=path, main_host=main_host,
+                params={"sub_hosts": chosen,
+                        "sub_host_endpoints": [inv.endpoint(h) for h in chosen],
+                        "resident_limit": limit}))
 
     @remotable()
     def host_drain(self, context: Any, host: str,
@@ -295,6 +350,15 @@ class EngineManager:
                 "pages_by_host": pages, "broken": bool(entry.get("broken")),
                 "active_operations": [op.id for op in self.db.list(
                     vm=vm, states=ACTIVE_STATES)]}
+
+    @remotable()
+    def reconcile(self, context: Any) -> dict[str, Any]:
+        """Compare where the agents say every split VM's memory is with the backend's
+        books (placement, with the Nova backend); the drift found, one entry per
+        mismatch (nothing is changed: an operator or a later operation fixes it)."""
+        if self._reconciler is None:
+            return {"backend": self.backend.name, "drift": [], "checked": False}
+        return {"backend": self.backend.name, "drift": self._reconciler(), "checked": True}
 
     @remotable()
     def list_operations(self, context: Any, vm: str | None = None,

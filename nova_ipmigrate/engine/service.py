@@ -34,13 +34,23 @@ class EngineService:
         self.ctxt = oslo_context.get_admin_context()
         self.inventory = Inventory(agents, e.hosts, self.ctxt)
         self.notifications = Notifications(notifier, self.host, e.progress_interval)
+        #: the Nova side ([engine] backend = nova): Nova's clients, its maintenance
+        #: notifications, the periodic reconcile
+        self.nova: Any = None
+        backend = None
+        if e.backend == "nova":
+            from nova_ipmigrate.accounting.service import NovaSide
+
+            self.nova = NovaSide.from_conf(conf, self.inventory, self._drain)
+            backend = self.nova.backend
         self.worker = Worker(self.db, agents, self.inventory, self.notifications,
                              max_ops_per_host=e.max_ops_per_host,
                              max_ops_per_link=e.max_ops_per_link,
                              poll_interval=e.poll_interval, workers=e.workers, ctxt=self.ctxt,
-                             cleanup_timeout=e.cleanup_timeout)
+                             cleanup_timeout=e.cleanup_timeout, backend=backend)
         self.manager = EngineManager(self.db, self.inventory, self.notifications,
-                                     wake=self.worker.wake)
+                                     wake=self.worker.wake, backend=backend,
+                                     reconciler=self.nova.reconcile if self.nova else None)
         self.server: Any = None
 
     def start(self) -> None:
@@ -50,9 +60,16 @@ class EngineService:
             self.server = rpc.get_server(target, [self.manager], transport=self.transport)
             self.server.start()
         self.worker.start()
+        if self.nova is not None:
+            self.nova.start()
         LOG.info("engine %s started", self.host)
 
+    def _drain(self, host: str) -> Any:
+        return self.manager.host_drain(self.ctxt, host=host)
+
     def stop(self) -> None:
+        if self.nova is not None:
+            self.nova.stop()
         if self.server is not None:
             self.server.stop()
             self.server.wait()

@@ -40,8 +40,10 @@ must wait holds back later moves that need the same hosts or links.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent import futures
@@ -50,11 +52,12 @@ from typing import Any
 import futurist
 
 from nova_ipmigrate import exception
+from nova_ipmigrate.engine.backend import RECORD, Backend
 from nova_ipmigrate.engine.db import Database, StaleOperation
 from nova_ipmigrate.engine.inventory import TRANSIENT, Inventory, describe
 from nova_ipmigrate.engine.models import MOVES, Operation, utcnow
 from nova_ipmigrate.engine.notifications import Notifications
-from nova_ipmigrate.migration.drain import Part, plan_drain
+from nova_ipmigrate.migration.drain import DrainPlan, Part, PlannedMove, plan_drain
 
 LOG = logging.getLogger(__name__)
 
@@ -63,6 +66,13 @@ AGENT_FORGOT = ("the agent on {host} no longer knows operation {agent_op} (the a
 _END_EVENT = {"done": "end", "failed": "error", "aborted": "abort"}
 #: the destination's refusals that a failed main-host move's cleanup asks again after
 _CLEANUP_RETRY: tuple[type[BaseException], ...] = (exception.Conflict, *TRANSIENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledMove(PlannedMove):
+    """A drain's move whose destination the backend chose and claimed."""
+    op_id: str = ""
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def footprint(op: Operation) -> tuple[set[str], set[tuple[str, str]]]:
@@ -87,8 +97,10 @@ class Worker:
     def __init__(self, db: Database, agents: Any, inventory: Inventory,
                  notifications: Notifications, max_ops_per_host: int = 2,
                  max_ops_per_link: int = 1, poll_interval: float = 1.0,
-                 workers: int = 4, ctxt: Any = None, cleanup_timeout: float = 300.0) -> None:
+                 workers: int = 4, ctxt: Any = None, cleanup_timeout: float = 300.0,
+                 backend: Backend | None = None) -> None:
         self.db = db
+        self.backend = backend or Backend()
         self.cleanup_timeout = cleanup_timeout
         self.agents = agents
         self.inventory = inventory
@@ -249,11 +261,33 @@ class Worker:
 
     def _finish(self, op: Operation, state: str, fault: str | None = None,
                 **values: Any) -> Operation:
+        if (op.params or {}).get(RECORD):
+            fault = self._settle(op, state, fault)
         op = self.db.update(op, state=state, fault=fault, finished_at=utcnow(),
                             step=state, **values)
         LOG.info("operation %s %s%s", op.id, state, f": {fault}" if fault else "")
         self.notify.emit(op, _END_EVENT[state])
         return op
+
+    def _settle(self, op: Operation, state: str, fault: str | None) -> str | None:
+        """The backend commits or gives back the operation's claims before it ends.
+        Unreachable (placement down): raised, the step comes again next pass. The
+        books refusing what the data plane did: the claims are given back and the
+        fault says so (the reconcile reports the drift)."""
+        try:
+            self.backend.settle(op, state)
+            return fault
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the operation still ends
+            why = f"the {self.backend.name} backend did not record it: {describe(exc)}"
+            LOG.error("operation %s %s, but %s", op.id, state, why)
+            try:
+                self.backend.release((op.params or {}).get(RECORD))
+            except Exception as rel:  # noqa: BLE001
+                LOG.error("operation %s: its claims were not given back: %s", op.id,
+                          describe(rel))
+            return f"{fault}; {why}" if fault else why
 
     # part moves
 
@@ -495,14 +529,30 @@ class Worker:
                  and h not in unreachable]
         free = self.inventory.free_pages(cands, reserved_pages(self.db))
         plan = plan_drain(host, parts, free, exclude=exclude)
+        if self.backend.schedules:
+            plan = self._scheduled_plan(host, parts, exclude, plan)
+        try:
+            self._drain_children(op, plan, unreachable)
+        except Exception:
+            for m in plan.moves:
+                if isinstance(m, ScheduledMove):
+                    self.backend.release(m.record)
+            raise
+
+    def _drain_children(self, op: Operation, plan: DrainPlan,
+                        unreachable: dict[str, str]) -> None:
         children = []
         for m in plan.moves:
+            child_id = m.op_id if isinstance(m, ScheduledMove) else str(uuid.uuid4())
+            params: dict[str, Any] = {"pages": m.pages,
+                                      "dest_endpoint": self.inventory.endpoint(m.dest)}
+            if isinstance(m, ScheduledMove):
+                params[RECORD] = m.record
             children.append({
-                "kind": "partial_migration", "parent_id": op.id, "vm": m.vm,
-                "path": m.path, "main_host": m.main_host, "source_host": m.source,
-                "dest_host": m.dest, "strategy": "ipmigrate",
-                "params": {"pages": m.pages,
-                           "dest_endpoint": self.inventory.endpoint(m.dest)}})
+                "id": child_id, "kind": "partial_migration", "parent_id": op.id,
+                "vm": m.vm, "path": m.path, "main_host": m.main_host,
+                "source_host": m.source, "dest_host": m.dest, "strategy": "ipmigrate",
+                "params": params})
         progress = {"moves": [{"vm": m.vm, "source": m.source, "dest": m.dest,
                                "pages": m.pages} for m in plan.moves],
                     "main_host_vms": [p.vm for p in plan.main_host_vms],
@@ -511,6 +561,35 @@ class Worker:
         self.db.create_many(children, update=(op, {"step": "waiting", "progress": progress}))
         LOG.info("%s", plan.summary())
         self.wake()
+
+    def _scheduled_plan(self, host: str, parts: list[Part], exclude: set[str],
+                        plan: DrainPlan) -> DrainPlan:
+        """The drain's moves with destinations from the backend (one claim per
+        part, in the plan's order); a part the backend finds no room for is
+        unplaced. Claims made before a failure to persist are given back."""
+        moves: list[ScheduledMove] = []
+        unplaced: list[tuple[Part, str]] = []
+        for p in parts:
+            if p.main_host == host or p.pages_by_host.get(host, 0) <= 0:
+                continue
+            op_id = str(uuid.uuid4())
+            holders = [h for h, n in p.pages_by_host.items() if n > 0 and h != p.main_host]
+            try:
+                rec = self.backend.claim_part(op_id, p.vm, p.main_host, host, None, holders,
+                                              avoid=sorted(exclude))
+            except TRANSIENT:
+                for m in moves:
+                    self.backend.release(m.record)
+                raise
+            except exception.IPMigrateException as exc:
+                unplaced.append((p, describe(exc)))
+                continue
+            moves.append(ScheduledMove(vm=p.vm, path=p.path, main_host=p.main_host,
+                                       source=host, dest=str(rec["dest"]),
+                                       pages=p.pages_by_host[host], op_id=op_id,
+                                       record=rec))
+        return DrainPlan(host=host, moves=list(moves), main_host_vms=plan.main_host_vms,
+                         unplaced=unplaced)
 
     def _drain_wait(self, op: Operation) -> None:
         children = self.db.list(parent_id=op.id)
