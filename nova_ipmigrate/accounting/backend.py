@@ -136,11 +136,95 @@ class NovaBackend(Backend):
                             sub_hosts=[c.host for c in claims],
                             resident_limit=split.resident_mb * MIB)
 
-    def check_main_move(self, vm: str) -> None:
-        raise exception.Invalid(
-            f"{vm} is a Nova instance: its main host moves through Nova's live migration "
-            f"(the driver's hooks), which the engine does not start yet",
-            reason="main-host move of a Nova instance")
+    moves_main_host = True
+
+    def claim_main_move(self, op_id: str, vm: str, main: str, dest: str | None,
+                        holders: Sequence[str]) -> dict[str, Any]:
+        """A main-host move runs as Nova's live migration, whose own scheduling
+        claims the destination: nothing is claimed here. Without a destination the
+        scheduler picks one for the resident part (that claim is given back at once:
+        Nova's claims it again for the move)."""
+        ctxt = self.ctxt()
+        if dest is None:
+            _, resident = self._memory(ctxt, vm, main)
+            claim = self.scheduler.claim(ctxt, vm, max(resident, 1), op_id=op_id,
+                                         purpose="main_host",
+                                         ignore_hosts=sorted({main, *holders}),
+                                         holders=holders)
+            self.ledger.release(ctxt, [claim.consumer])
+            dest = claim.host
+        return {"backend": "nova", "instance": vm, "via": "nova", "dest": dest,
+                "claims": [], "moves": []}
+
+    def _instance(self, ctxt: Any, vm: str) -> Any:
+        from nova.compute import api as compute_api
+
+        return compute_api.API().get(ctxt, vm, expected_attrs=["system_metadata",
+                                                                 "flavor"])
+
+    def _mark(self, ctxt: Any, vm: str, op_id: str | None) -> None:
+        """Mark (or unmark) the instance and its RequestSpec for the engine's move."""
+        from nova import objects
+
+        inst = self._instance(ctxt, vm)
+        if op_id:
+            inst.system_metadata[splitspec.OPERATION_KEY] = op_id
+        else:
+            inst.system_metadata.pop(splitspec.OPERATION_KEY, None)
+        inst.save()
+        spec = objects.RequestSpec.get_by_instance_uuid(ctxt, vm)
+        hints = dict(spec.scheduler_hints or {})
+        if op_id:
+            hints[splitspec.HINT_OPERATION] = [op_id]
+        else:
+            hints.pop(splitspec.HINT_OPERATION, None)
+        spec.scheduler_hints = hints
+        spec.save()
+
+    def start_main_move(self, op: Any) -> None:
+        from nova import exception as nova_exc
+        from nova.compute import api as compute_api
+
+        ctxt = self.ctxt()
+        if self._migration(ctxt, op) is not None:
+            return      # started before an engine restart
+        self._mark(ctxt, op.vm, op.request_id)
+        inst = self._instance(ctxt, op.vm)
+        try:
+            compute_api.API().live_migrate(ctxt, inst, False, None, op.dest_host,
+                                           force=False, async_=True)
+        except nova_exc.NovaException as exc:
+            if self._migration(ctxt, op) is None:
+                self._mark(ctxt, op.vm, None)
+                raise exception.Invalid(f"Nova refused the live migration of {op.vm} to "
+                                        f"{op.dest_host}: {exc.format_message()}",
+                                        reason="live migration refused") from exc
+            # under Nova's test fixtures the conductor's failure comes back here;
+            # the migration record says how it ended
+
+    def _migration(self, ctxt: Any, op: Any) -> Any:
+        """Nova's newest live-migration record of the instance since ``op`` started."""
+        from nova import context as nova_context
+        from nova import objects
+
+        mapping = objects.InstanceMapping.get_by_instance_uuid(ctxt, op.vm)
+        with nova_context.target_cell(ctxt, mapping.cell_mapping) as cctxt:
+            migs = objects.MigrationList.get_by_filters(
+                cctxt, {"instance_uuid": op.vm, "migration_type": "live-migration"})
+        since = op.started_at
+        found = [m for m in migs if since is None or
+                 m.created_at.replace(tzinfo=None) >= since.replace(tzinfo=None)]
+        return max(found, key=lambda m: m.created_at) if found else None
+
+    def main_move_status(self, op: Any) -> tuple[str, str]:
+        mig = self._migration(self.ctxt(), op)
+        if mig is None:
+            return "unknown", "no live-migration record yet"
+        if mig.status == "completed":
+            return "completed", f"migration {mig.uuid} completed"
+        if mig.status in ("error", "failed", "cancelled"):
+            return "failed", f"Nova's live migration {mig.uuid} ended {mig.status}"
+        return "running", f"migration {mig.uuid} {mig.status}"
 
     # -- settling -------------------------------------------------------------------
 
@@ -149,6 +233,9 @@ class NovaBackend(Backend):
         if not rec:
             return
         ctxt = self.ctxt()
+        if rec.get("via") == "nova":   # a main-host move: Nova's own books
+            self._mark(ctxt, str(rec["instance"]), None)
+            return
         if state == "done":
             if self.ledger.fold(ctxt, rec["instance"],
                                 [Move.from_list(m) for m in rec["moves"]], rec["claims"]):

@@ -124,7 +124,7 @@ class Ledger:
                 body[c] = {"allocations": {}, "project_id": p["project_id"] or
                            inst["project_id"], "user_id": p["user_id"] or inst["user_id"],
                            "consumer_generation": p["consumer_generation"]}
-            if self._post(ctxt, body, attempt):
+            if self.post(ctxt, body, attempt):
                 LOG.info("placement: instance %s: %s", instance, ", ".join(
                     f"{m.mb} MiB {m.source} -> {m.dest}" for m in moves))
                 return True
@@ -141,7 +141,9 @@ class Ledger:
                     f"placement refused DELETE /allocations/{c}: "
                     f"{getattr(resp, 'text', 'no response')}", reason="placement")
 
-    def _post(self, ctxt: Any, body: dict[str, Any], attempt: int) -> bool:
+    def post(self, ctxt: Any, body: dict[str, Any], attempt: int = 1) -> bool:
+        """One ``POST /allocations``: True when applied, False on a concurrent update
+        (re-read and try again), raised otherwise."""
         resp = self.client.post("/allocations", body, version=VERSION,
                                 global_request_id=getattr(ctxt, "global_id", None))
         if resp is not None and resp.status_code == 204:

@@ -47,8 +47,26 @@ class Backend:
         picks them); the record has ``sub_hosts`` and ``resident_limit``."""
         raise NotImplementedError(f"the {self.name} backend does not schedule")
 
+    #: whether main-host moves go through the backend (Nova's live migration)
+    #: rather than through the old main host's agent running libvirt itself
+    moves_main_host = False
+
     def check_main_move(self, vm: str) -> None:
         """Refuse a main-host move the backend cannot account."""
+
+    def claim_main_move(self, op_id: str, vm: str, main: str, dest: str | None,
+                        holders: Sequence[str]) -> dict[str, Any]:
+        """The record of a main-host move run by the backend (``dest`` chosen if
+        None). Only called when ``moves_main_host``."""
+        raise NotImplementedError(f"the {self.name} backend does not move main hosts")
+
+    def start_main_move(self, op: Any) -> None:
+        """Start the move (idempotent: a started one is not started again)."""
+        raise NotImplementedError(f"the {self.name} backend does not move main hosts")
+
+    def main_move_status(self, op: Any) -> tuple[str, str]:
+        """("running" | "completed" | "failed" | "unknown", what the backend says)."""
+        raise NotImplementedError(f"the {self.name} backend does not move main hosts")
 
     def settle(self, op: Any, state: str) -> None:
         """Commit (``done``) or give back (any other end) what ``op`` claimed."""

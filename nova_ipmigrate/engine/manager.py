@@ -250,6 +250,8 @@ class EngineManager:
         """Create a main-host move of ``entry``'s VM (lock held, no conflict)."""
         vm, main = str(entry["vm"]), str(entry["main_host"])
         self.backend.check_main_move(vm)
+        if self.backend.moves_main_host:
+            return self._backend_main_move(entry, dest, then)
         if entry.get("broken"):
             raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
         pages = {h: int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
@@ -273,6 +275,34 @@ class EngineManager:
             params={"then": then, "sources": holders, "pages": pages.get(main, 0),
                     "dest_endpoint": self.inventory.endpoint(dest),
                     "source_endpoint": self.inventory.endpoint(main)})
+
+    def _backend_main_move(self, entry: dict[str, Any], dest: str | None,
+                           then: str) -> dict[str, Any]:
+        """A main-host move the backend runs (Nova's live migration of the instance,
+        the driver calling the agents), then the pull of the old main host's pages."""
+        vm, main = str(entry["vm"]), str(entry["main_host"])
+        if entry.get("broken"):
+            raise _invalid(f"VM {vm} is broken (lost pages): nothing can move")
+        if then != "pull":
+            raise _invalid("a main-host move through Nova pulls the old main host's part "
+                           "(then='pull'); reintegrate onto the new main host afterwards")
+        pages = {h: int(n) for h, n in dict(entry.get("pages_by_host") or {}).items()}
+        holders = sorted(h for h, n in pages.items() if h != main and n > 0)
+        if dest == main:
+            raise _invalid(f"{dest} is the main host of {vm} already")
+        if dest in holders:
+            raise _invalid(f"{dest} holds a part of {vm} ({pages[dest]} pages): move that "
+                           f"part away first, or choose a host that holds none")
+        op_id = str(uuid.uuid4())
+        record = self.backend.claim_main_move(op_id, vm, main, dest, holders)
+        chosen = str(record["dest"])
+        if chosen == main or chosen in holders:
+            raise _invalid(f"the backend chose {chosen} for the main-host move of {vm}")
+        self.inventory.known(chosen, "destination host")
+        return self._create_claimed(record, lambda: dict(
+            id=op_id, kind="main_host_migration", vm=vm, path=str(entry["path"]),
+            main_host=main, source_host=main, dest_host=chosen,
+            params={"then": "pull", "sources": holders, "pages": pages.get(main, 0)}))
 
     @remotable()
     def split(self, context: Any, main_host: str, path: str, vm: str,

@@ -396,6 +396,9 @@ class Worker:
         if op.state == "aborting":
             self._finish(op, "aborted", "aborted before the agent started it")
             return
+        if (p.get(RECORD) or {}).get("via"):
+            self._backend_main_start(op)
+            return
         res = self._agent_status(op)      # started just before a restart?
         if res is None:
             try:
@@ -418,7 +421,49 @@ class Worker:
         self.db.update(op, step="migrating", agent_op_id=str(res["id"]),
                        progress=_main_progress(res))
 
+    def _backend_main_start(self, op: Operation) -> None:
+        try:
+            self.backend.start_main_move(op)
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused: nothing started
+            self._finish(op, "failed", f"the main-host move did not start: {describe(exc)}; "
+                                       f"the VM goes on at {op.main_host}")
+            return
+        self.db.update(op, step="migrating")
+
+    def _backend_main_poll(self, op: Operation) -> None:
+        """Nova's live migration ran; once it completed, the new main host's agent
+        pulls the old one's pages (the driver started the pull with the request id
+        ``<request id>-pull``)."""
+        status, detail = self.backend.main_move_status(op)
+        if status in ("running", "unknown"):
+            if op.state == "aborting" and op.id not in self._abort_sent:
+                LOG.info("operation %s: Nova's live migration is not aborted by the "
+                         "engine (openstack server migration abort): it runs on", op.id)
+                self._abort_sent.add(op.id)
+            return
+        if status != "completed":
+            # Nova rolls back at the destination only where it cleans disks up: the
+            # destination's agent forgets the VM here, as after a failed agent move
+            op = self.db.update(op, step="cleaning", params={
+                **(op.params or {}), "outcome": "failed", "fault": detail})
+            self._main_clean(op)
+            return
+        pull_id = f"{op.request_id}-pull"
+        ops = self.agents.ops(self.ctxt, op.dest_host).get("ops", [])
+        pull = next((a for a in ops if a.get("request_id") == pull_id), None)
+        if pull is None:
+            self._finish(op, "done", f"{detail}; {op.dest_host} started no pull of "
+                                     f"{op.main_host}'s pages", main_host=op.dest_host)
+            return
+        self.db.update(op, step="pulling", main_host=op.dest_host,
+                       agent_op_id=str(pull["id"]), progress={"nova": detail})
+
     def _main_poll(self, op: Operation) -> None:
+        if ((op.params or {}).get(RECORD) or {}).get("via"):
+            self._backend_main_poll(op)
+            return
         if op.state == "aborting" and op.id not in self._abort_sent and op.agent_op_id:
             try:
                 self.agents.op_abort(self.ctxt, op.main_host, op.agent_op_id)

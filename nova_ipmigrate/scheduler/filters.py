@@ -155,6 +155,8 @@ def refused_move(spec_obj: Any) -> str | None:
     split-memory instance), or None when the request is not refused as a whole."""
     if hints.is_part_request(spec_obj) or not CONF.ipmigrate_scheduler.refuse_nova_moves:
         return None
+    if hints.hint_values(spec_obj, splitspec.HINT_OPERATION):
+        return None   # the engine's own main-host move, run through Nova
     markers = move_markers(spec_obj)
     if not markers:
         return None

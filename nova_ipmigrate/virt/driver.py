@@ -21,6 +21,7 @@ instance (``system_metadata[splitspec.OPERATION_KEY]``) for a move it runs itsel
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import nova.conf
@@ -32,6 +33,7 @@ from oslo_log import log as logging
 
 from nova_ipmigrate.virt import conf as virt_conf
 from nova_ipmigrate.virt import splitspec
+from nova_ipmigrate.virt.mainmove import MainMoveHooks
 
 CONF = nova.conf.CONF
 virt_conf.register_opts(CONF)
@@ -101,8 +103,106 @@ def stock_move_refusal(instance: Any, operation: str) -> str | None:
             "migration for QEMU and the resident part.")
 
 
+def default_agents() -> Any:
+    """The nova-ipmigrate agents' RPC client on Nova's own transport (the agents
+    listen on the same message bus as nova-compute)."""
+    from nova import rpc as nova_rpc
+
+    from nova_ipmigrate.agent.rpcapi import AgentAPI
+
+    return AgentAPI(transport=nova_rpc.TRANSPORT)
+
+
+def default_ledger() -> Any:
+    from nova.scheduler.client import report
+
+    from nova_ipmigrate.accounting.placement import Ledger
+
+    return Ledger(report.report_client_singleton())
+
+
 class IPMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
     """LibvirtDriver with split-memory instances (module docstring)."""
+
+    #: how the driver reaches the agents and placement (tests replace them)
+    agents_factory: Callable[[], Any] = staticmethod(default_agents)
+    ledger_factory: Callable[[], Any] = staticmethod(default_ledger)
+
+    @property
+    def _main_moves(self) -> MainMoveHooks:
+        hooks = self.__dict__.get("_ipm_main_moves")
+        if hooks is None:
+            agents: list[Any] = []
+
+            def client() -> Any:
+                if not agents:
+                    agents.append(type(self).agents_factory())
+                return agents[0]
+            host = self.__dict__.get("_ipm_host") or CONF.host
+            hooks = MainMoveHooks(client, host, type(self).ledger_factory)
+            self.__dict__["_ipm_main_moves"] = hooks
+        return hooks
+
+    def init_host(self, host: str) -> Any:
+        # the compute manager's host: the agents' RPC server names (CONF.host too in
+        # a nova-compute process, not in tests running several computes)
+        self.__dict__["_ipm_host"] = host
+        return super().init_host(host)
+
+    # -- main-host moves run by the engine through Nova (virt/mainmove.py) ---------
+
+    def pre_live_migration(self, context: Any, instance: Any, block_device_info: Any,
+                           network_info: Any, disk_info: Any,
+                           migrate_data: Any) -> Any:
+        result = super().pre_live_migration(context, instance, block_device_info,
+                                            network_info, disk_info, migrate_data)
+        self._main_moves.pre_live_migration(instance)
+        return result
+
+    def live_migration(self, context: Any, instance: Any, dest: str, post_method: Any,
+                       recover_method: Any, block_migration: bool = False,
+                       migrate_data: Any = None) -> Any:
+        hooks = self._main_moves
+        if not hooks.prepare_source(instance, dest):
+            return super().live_migration(context, instance, dest, post_method,
+                                          recover_method, block_migration, migrate_data)
+
+        def post(*args: Any, **kwargs: Any) -> Any:
+            hooks.finish_source(instance, ok=True)
+            return post_method(*args, **kwargs)
+
+        def recover(*args: Any, **kwargs: Any) -> Any:
+            hooks.finish_source(instance, ok=False)
+            return recover_method(*args, **kwargs)
+        try:
+            return super().live_migration(context, instance, dest, post, recover,
+                                          block_migration, migrate_data)
+        except Exception:
+            hooks.finish_source(instance, ok=False)
+            raise
+
+    def post_live_migration(self, context: Any, instance: Any, block_device_info: Any,
+                            migrate_data: Any = None) -> Any:
+        result = super().post_live_migration(context, instance, block_device_info,
+                                             migrate_data)
+        self._main_moves.post_live_migration(context, instance, migrate_data)
+        return result
+
+    def post_live_migration_at_destination(self, context: Any, instance: Any,
+                                           network_info: Any, block_migration: bool = False,
+                                           block_device_info: Any = None) -> Any:
+        result = super().post_live_migration_at_destination(
+            context, instance, network_info, block_migration, block_device_info)
+        self._main_moves.post_at_destination(instance)
+        return result
+
+    def rollback_live_migration_at_destination(self, context: Any, instance: Any,
+                                               network_info: Any, block_device_info: Any,
+                                               *args: Any, **kwargs: Any) -> Any:
+        result = super().rollback_live_migration_at_destination(
+            context, instance, network_info, block_device_info, *args, **kwargs)
+        self._main_moves.rollback_at_destination(instance)
+        return result
 
     def _get_guest_memory_backing_config(self, inst_topology: Any, numatune: Any,
                                          flavor: Any, image_meta: Any) -> Any:

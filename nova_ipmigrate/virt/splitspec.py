@@ -33,6 +33,9 @@ MIN_RESIDENT_MB = 64
 OPERATION_KEY = "ipmigrate_operation"
 #: scheduler hint of the engine's part requests (value: the operation id)
 HINT_PART = "ipmigrate_part"
+#: scheduler hint the engine puts on an instance's stored RequestSpec while Nova
+#: live-migrates it for the engine's main-host move (value: the operation id)
+HINT_OPERATION = OPERATION_KEY
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

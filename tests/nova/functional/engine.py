@@ -47,6 +47,21 @@ class DataPlane(FakeAgents):
             self.add_vm(vm, host, pages, path=path)
             return {"path": path, "vm": vm, "sub_hosts": subs}
 
+    # the old main host's side of a main-host move that Nova's driver runs
+    def main_prepare_source(self, ctxt: Any, host: str, vm: str, dest: dict[str, Any],
+                            path: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            self._enter("main_prepare_source", host, vm=vm, dest=dest["name"])
+            entry = self.vms[vm]
+            assert entry["main_host"] == host, (entry, host)
+            return {"ok": True, "vm": vm, "path": entry["path"], "domain": "instance"}
+
+    def main_finish_source(self, ctxt: Any, host: str, vm: str, ok: bool
+                           ) -> dict[str, Any]:
+        with self._lock:
+            self._enter("main_finish_source", host, vm=vm, ok=ok)
+            return {"ok": True}
+
 
 class InProcessEngine:
     """The engine's objects (no threads): ``run`` ticks the worker until the
@@ -71,7 +86,7 @@ class InProcessEngine:
         return reconcile.reconcile(self.backend.ctxt(), entries, self.inventory.hosts,
                                    self.backend.ledger, self.backend.providers)
 
-    def run(self, op_id: str, ticks: int = 200) -> dict[str, Any]:
+    def run(self, op_id: str, ticks: int = 400) -> dict[str, Any]:
         for _ in range(ticks):
             self.worker.tick()
             op = self.db.get(op_id)

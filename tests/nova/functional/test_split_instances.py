@@ -55,17 +55,18 @@ class SplitInstanceBase(base.FunctionalBase):
         self.assertEqual("done", done["state"], done["fault"])
         return self.memory(server)
 
-    def memory(self, server: dict[str, Any]) -> dict[str, int]:
+    def memory(self, server: dict[str, Any], main: str = "host1") -> dict[str, int]:
         """host -> MEMORY_MB of the instance, after checking the rest is exact: VCPU
         and DISK_GB on the main host only, no claim left behind."""
         allocs = self.allocations(server["id"])
-        self.assertEqual({"host1"}, {h for h, r in allocs.items() if "VCPU" in r})
-        self.assertEqual(1, allocs["host1"]["VCPU"])
-        self.assertEqual(1, allocs["host1"]["DISK_GB"])
+        self.assertEqual({main}, {h for h, r in allocs.items() if "VCPU" in r})
+        self.assertEqual(1, allocs[main]["VCPU"])
+        self.assertEqual(1, allocs[main]["DISK_GB"])
         mem = {h: r["MEMORY_MB"] for h, r in allocs.items() if r.get("MEMORY_MB")}
         self.assertEqual(VM_MB, sum(mem.values()), mem)
         for h in HOSTS:   # every MiB used on a host is the instance's (no leaked claim)
             self.assertEqual(mem.get(h, 0), self.usages(h)["MEMORY_MB"], h)
+            self.assertEqual(int(h == main), self.usages(h)["VCPU"], h)
         self.assertEqual([], self.engine.reconcile())
         return mem
 
