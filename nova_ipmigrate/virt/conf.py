@@ -37,3 +37,12 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
     return [(ipmigrate_group, DRIVER_OPTS)]
+
+
+def list_nova_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
+    """Every option nova-ipmigrate adds to Nova's own nova.conf: the driver's
+    ``[ipmigrate]`` and the scheduler plug-ins' ``[ipmigrate_scheduler]``
+    (oslo.config.opts namespace ``nova-ipmigrate.nova``)."""
+    from nova_ipmigrate.scheduler import conf as scheduler_conf
+
+    return list_opts() + list(scheduler_conf.list_opts())

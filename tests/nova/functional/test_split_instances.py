@@ -212,3 +212,53 @@ class TestHostMaintenance(SplitInstanceBase):
         self.assertNotIn(sub, mem)
         self.assertEqual(256, mem[spare])
         self.assertNotIn(sub, self.agents.layout(server["id"]))
+
+
+class TestNovaHousekeeping(SplitInstanceBase):
+    """What Nova's own periodic and audit tools make of the parts (documented in
+    doc/nova-integration.md): the resource tracker of a sub-host warns but keeps
+    them; ``nova-manage placement audit`` reports them as orphaned, and without
+    ``--delete`` changes nothing."""
+
+    def test_resource_tracker_and_placement_audit_keep_the_parts(self) -> None:
+        import contextlib
+        import io
+
+        from nova import context as nova_context
+        from nova.cmd import manage
+
+        server = self.boot()
+        mem = self.split(server)
+        before = self.allocations(server["id"])
+        for host in HOSTS:
+            self.computes[host].manager.update_available_resource(
+                nova_context.get_admin_context())
+        self.assertEqual(before, self.allocations(server["id"]))
+        self.assertIn("There are allocations remaining against the source host",
+                      self.stdlog.logger.output)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = manage.PlacementCommands().audit(verbose=True)
+        self.assertEqual(3, rc, out.getvalue())   # orphaned allocations detected
+        subs = [h for h in mem if h != "host1"]
+        for h in subs:
+            self.assertIn(self.compute_rp_uuids[h], out.getvalue())
+        self.assertNotIn(self.compute_rp_uuids["host1"] + " can be deleted", out.getvalue())
+        self.assertEqual(before, self.allocations(server["id"]))
+
+
+class TestFlavorExtraSpecs(base.FunctionalBase):
+    def test_bad_ipmigrate_extra_specs_get_a_400(self) -> None:
+        from nova.tests.functional.api import client
+
+        flavor = self._create_flavor(name="f", memory_mb=1024, vcpu=1, disk=1, ephemeral=0)
+        for key, value in ((splitspec.SPLIT_MEMORY, "maybe"), (splitspec.SUB_HOSTS, "0"),
+                           (splitspec.RESIDENT_MB, "12"), ("ipmigrate:bogus", "1")):
+            exc = self.assertRaises(client.OpenStackApiException,
+                                    self.admin_api.post_extra_spec, flavor,
+                                    {"extra_specs": {key: value}})
+            self.assertEqual(400, exc.response.status_code, key)
+        self.admin_api.post_extra_spec(flavor, {"extra_specs": {
+            splitspec.SPLIT_MEMORY: "true", splitspec.SUB_HOSTS: "2"}})
+        specs = self.admin_api.get_flavor(flavor)["extra_specs"]
+        self.assertEqual({splitspec.SPLIT_MEMORY: "true", splitspec.SUB_HOSTS: "2"}, specs)
