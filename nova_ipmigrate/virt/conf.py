@@ -7,6 +7,8 @@ registers these on ``nova.conf.CONF`` when it is imported.
 
 from __future__ import annotations
 
+from typing import Any
+
 from oslo_config import cfg
 
 ipmigrate_group = cfg.OptGroup(
@@ -39,7 +41,7 @@ def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
     return [(ipmigrate_group, DRIVER_OPTS)]
 
 
-def list_nova_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
+def list_nova_opts() -> list[tuple[Any, Any]]:
     """Every option nova-ipmigrate adds to Nova's own nova.conf: the driver's
     ``[ipmigrate]`` and the scheduler plug-ins' ``[ipmigrate_scheduler]``
     (oslo.config.opts namespace ``nova-ipmigrate.nova``)."""
