@@ -50,13 +50,15 @@ def part_request(spec: Any, mb: int, *, op_id: str, instance: str, purpose: str,
         raise ValueError(f"purpose {purpose!r}")
     req = spec.obj_clone()
     flavor = req.flavor.obj_clone()
+    # only the split's own keys: every other extra spec (and image property) can
+    # turn into resources or traits (hw:cpu_policy -> PCPU, hw:pmem, accel:, ...)
     extra = {k: v for k, v in dict(flavor.extra_specs or {}).items()
-             if not k.startswith(("resources", "trait", "hw:numa", "hw:mem_page_size",
-                                  "pci_passthrough", "accel:"))}
+             if k.startswith(splitspec.PREFIX)}
     extra.update({"resources:VCPU": "0", "resources:DISK_GB": "0"})
     flavor.memory_mb = int(mb)
     flavor.extra_specs = extra
     req.flavor = flavor
+    req.image = objects.ImageMeta.from_dict({"properties": {}})
     req.num_instances = 1
     req.requested_resources = []   # not persisted, and None breaks the scheduler
     req.numa_topology = None

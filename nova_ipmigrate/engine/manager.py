@@ -421,6 +421,10 @@ class EngineManager:
                                          reason=f"operation {op_id}")
             try:
                 if op.state == "queued":
+                    if (op.params or {}).get(RECORD):
+                        # its claims go back first (placement down: the abort is
+                        # refused with Unavailable and the operation stays queued)
+                        self.backend.settle(op, "aborted")
                     op = self.db.update(op, state="aborted", step="aborted",
                                         finished_at=utcnow(), fault="aborted while queued")
                     if self.notify is not None:

@@ -575,7 +575,8 @@ class Worker:
         free = self.inventory.free_pages(cands, reserved_pages(self.db))
         plan = plan_drain(host, parts, free, exclude=exclude)
         if self.backend.schedules:
-            plan = self._scheduled_plan(host, parts, exclude, plan)
+            # hosts whose agents do not answer could not take a part now
+            plan = self._scheduled_plan(host, parts, exclude | set(unreachable), plan)
         try:
             self._drain_children(op, plan, unreachable)
         except Exception:
