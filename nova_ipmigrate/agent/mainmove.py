@@ -28,6 +28,14 @@ findings (``qemu-libvirt-shared-ram-migration.md``):
    pulling the old main host's part (an ordinary part move, with its
    consistency protocol), or a whole reintegration; its DROP_VM at the end
    releases the old RAM file.
+
+Step 2 has two forms. :meth:`MainMoves.migrate` runs the libvirt migration itself
+(``virsh migrate``). When Nova's libvirt driver runs it, the old main host's agent
+only prepares its side before (:meth:`MainMoves.prepare_source`: the same freeze,
+x-ignore-shared, export and STOP watch) and is told the outcome after
+(:meth:`MainMoves.finish_source`: committed, or rolled back as after a failed
+``virsh migrate``). Both forms register a ``main_host_migration`` operation, so the
+RAM file takes no other operation meanwhile.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.ramfile import DirectoryGate, RamFile
 from nova_ipmigrate.migration.operations import Operation, OperationError, Operations, OpState
 from nova_ipmigrate.migration.transfer import Endpoint
-from nova_ipmigrate.qemu.qmp import QMPClient
+from nova_ipmigrate.qemu.qmp import QMPClient, QMPError, QMPEvent
 
 LOG = logging.getLogger(__name__)
 
@@ -209,6 +217,24 @@ class Incoming:
     committed: bool = False
 
 
+@dataclass
+class Source:
+    """The old main host's side, from the freeze to committed or rolled back."""
+
+    vm: uuid.UUID
+    path: str
+    ram: RamFile
+    dest: SubHost
+    domain: str
+    export: Export
+    op: Operation
+    #: the source QEMU's extra monitor (x-ignore-shared, its STOP and RESUME events)
+    qmp: QMPClient | None = None
+    stop_watch: threading.Event = field(default_factory=threading.Event)
+    #: what :meth:`MainMoves.prepare_source` answered (a repeated call gets it again)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+
 class MainMoves:
     """The agent's main-host moves: hooks, the two ends, their operations."""
 
@@ -233,6 +259,9 @@ class MainMoves:
         self.domains: dict[uuid.UUID, Domain] = {}
         self.exports: dict[uuid.UUID, Export] = {}
         self.incoming: dict[uuid.UUID, Incoming] = {}
+        #: sources prepared for a libvirt migration this agent does not run (Nova's)
+        self.sources: dict[uuid.UUID, Source] = {}
+        self._source_locks: dict[uuid.UUID, threading.Lock] = {}
         self._lock = threading.Lock()
 
     # -- the libvirt hook (this host's domains) ---------------------------------------
@@ -465,15 +494,34 @@ class MainMoves:
             return again
         path = _str_arg(req, "path")
         ram = self.memfs.find(path)
+        vm, dest = self._check_source(path, ram, req.get("dest"))
+        qmp, domain = self._monitor_of(vm, req)
+        op = self.operations.new_operation("main_host_migration", ram, path, self.host_name,
+                                           dest.name, req.get("request_id"))
+        op.details.update(phase="starting", domain=domain)
+        thread = threading.Thread(target=self._run_migrate,
+                                  args=(op, ram, vm, path, dest, domain, qmp),
+                                  name=f"main-move-{op.id}", daemon=True)
+        thread.start()
+        return op
+
+    def _check_source(self, path: str, ram: RamFile, raw_dest: Any,
+                      ) -> tuple[uuid.UUID, SubHost]:
+        """The VM of ``ram`` and the destination, if this host can move it there."""
         vm = ram.vm
         if vm is None or not isinstance(ram.remote, FabricRemotePaging) or ram.table is None:
             raise OperationError(f"{path} is not a split VM's RAM file on {self.host_name}")
-        dest = parse_host(req.get("dest"), "dest")
+        dest = parse_host(raw_dest, "dest")
         if dest.name == self.host_name:
             raise OperationError("the destination must differ from the main host")
         if ram.remote.holder_of_host(dest.name):
             raise OperationError(f"{dest.name} holds a part of {vm}: move it away first, "
                                  f"or choose another host", errno.EBUSY)
+        return vm, dest
+
+    def _monitor_of(self, vm: uuid.UUID, req: dict[str, Any]) -> tuple[str, str]:
+        """The extra QMP monitor and the libvirt name of ``vm``'s domain (the hook's,
+        unless the request names them)."""
         with self._lock:
             dom = self.domains.get(vm)
         qmp = req.get("qmp") or (dom.qmp if dom else None)
@@ -481,30 +529,46 @@ class MainMoves:
         if not qmp:
             raise OperationError(f"no QMP monitor known for {vm}: was it started with the "
                                  f"libvirt hook installed?", errno.EOPNOTSUPP)
-        op = self.operations.new_operation("main_host_migration", ram, path, self.host_name,
-                                           dest.name, req.get("request_id"))
-        op.details.update(phase="starting", domain=domain)
-        thread = threading.Thread(target=self._run_migrate,
-                                  args=(op, ram, vm, path, dest, domain, str(qmp)),
-                                  name=f"main-move-{op.id}", daemon=True)
-        thread.start()
-        return op
+        return str(qmp), domain
+
+    def _start_source(self, src: Source, qmp_path: str) -> None:
+        """Freeze the RAM file, set x-ignore-shared on the source QEMU, export the
+        directory and follow STOP/RESUME. A failure leaves the rest to
+        :meth:`_end_source` (not ok)."""
+        src.ram.frozen = True
+        src.qmp = QMPClient(Path(qmp_path), timeout=10).connect(timeout=10)
+        src.qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
+        with self._lock:
+            self.exports[src.vm] = src.export
+        watcher = threading.Thread(target=_watch_stop,
+                                   args=(src.qmp, src.export, src.stop_watch),
+                                   daemon=True, name=f"main-move-qmp-{src.op.id}")
+        watcher.start()
+
+    def _end_source(self, src: Source, ok: bool) -> None:
+        """The libvirt step ended: stop watching; not ``ok``, the VM goes on here (its
+        export goes, the RAM file thaws and gets its resident limit back)."""
+        src.stop_watch.set()
+        if src.qmp is not None:
+            src.qmp.close()
+        if not ok:
+            with self._lock:
+                if self.exports.get(src.vm) is src.export:
+                    del self.exports[src.vm]
+            src.export.close(rolled_back=True)
+            src.ram.frozen = False
+
+    def _new_source(self, op: Operation, ram: RamFile, vm: uuid.UUID, path: str,
+                    dest: SubHost, domain: str) -> Source:
+        return Source(vm, path, ram, dest, domain,
+                      Export(vm, path, ram, Path(self.memfs.config.mountpoint)), op)
 
     def _run_migrate(self, op: Operation, ram: RamFile, vm: uuid.UUID, path: str,
                      dest: SubHost, domain: str, qmp_path: str) -> None:
-        export = Export(vm, path, ram, Path(self.memfs.config.mountpoint))
-        qmp: QMPClient | None = None
-        stop_watch = threading.Event()
+        src = self._new_source(op, ram, vm, path, dest, domain)
         ok = False
         try:
-            ram.frozen = True
-            qmp = QMPClient(Path(qmp_path), timeout=10).connect(timeout=10)
-            qmp.execute("migrate-set-capabilities", {"capabilities": IGNORE_SHARED})
-            with self._lock:
-                self.exports[vm] = export
-            watcher = threading.Thread(target=_watch_stop, args=(qmp, export, stop_watch),
-                                       daemon=True, name=f"main-move-qmp-{op.id}")
-            watcher.start()
+            self._start_source(src, qmp_path)
             op.details["phase"] = "migrating"
             t0 = time.monotonic()
             fmt = {"address": dest.address, "host": dest.name}
@@ -527,10 +591,10 @@ class MainMoves:
             op.details["libvirt_s"] = round(time.monotonic() - t0, 3)
             if proc.returncode != 0:
                 raise RuntimeError(f"libvirt migration failed: {err.strip() or proc.returncode}")
-            export.committed = True
+            src.export.committed = True
             ok = True
-            op.details.update(phase="switched", stopped_at=export.stopped_at,
-                              directory_at=export.directory_at)
+            op.details.update(phase="switched", stopped_at=src.export.stopped_at,
+                              directory_at=src.export.directory_at)
             op.finish(OpState.DONE)
             LOG.info("main-host move of %s to %s: libvirt done in %.2fs", vm, dest.name,
                      op.details["libvirt_s"])
@@ -539,16 +603,176 @@ class MainMoves:
             op.details["phase"] = "rolled back"
             op.finish(OpState.ABORTED if op.abort_requested else OpState.FAILED, str(exc))
         finally:
-            stop_watch.set()
-            if qmp is not None:
-                qmp.close()
-            if not ok:
-                with self._lock:
-                    if self.exports.get(vm) is export:
-                        del self.exports[vm]
-                export.close(rolled_back=True)
-                ram.frozen = False
+            self._end_source(src, ok)
             self.operations.release(op)
+
+    # -- the old main host, when Nova's libvirt driver runs the migration ---------------
+
+    def _source_lock(self, vm: uuid.UUID) -> threading.Lock:
+        with self._lock:
+            return self._source_locks.setdefault(vm, threading.Lock())
+
+    def prepare_source(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Prepare this host's side of a main-host move that someone else's libvirt
+        migration runs (Nova's driver): no ``virsh`` here.
+
+        The VM is ``vm`` (its RAM file found through the domain the hook reported)
+        or its RAM file ``path``; ``dest`` is the new main host ``{name, address,
+        port}``. The checks of :meth:`migrate`, then what it does before ``virsh``:
+        the RAM file is frozen, x-ignore-shared is set through the domain's extra
+        QMP monitor, the directory is exported (handed over once QEMU is paused for
+        the switchover) and the monitor's STOP and RESUME are followed. A
+        ``main_host_migration`` operation (phase ``prepared``) holds the RAM file
+        until :meth:`finish_source`; its ``op_abort`` changes nothing (the one
+        running the migration aborts it, then calls ``finish_source`` with
+        ``ok=False``). Returns ``{ok, vm, path, domain}``; the same answer again for
+        the same VM and destination, EBUSY for another destination.
+        """
+        vm, path, ram = self._source_ram(req)
+        dest = parse_host(req.get("dest"), "dest")
+        with self._source_lock(vm):
+            with self._lock:
+                prepared = self.sources.get(vm)
+                export = self.exports.get(vm)
+            if prepared is not None:
+                if prepared.dest.name != dest.name:
+                    raise OperationError(f"the main-host move of {vm} to {prepared.dest.name}"
+                                         f" is prepared: not one to {dest.name}", errno.EBUSY)
+                return dict(prepared.reply)
+            vm, dest = self._check_source(path, ram, req.get("dest"))
+            if export is not None:
+                state = "done (its pages are being pulled)" if export.committed \
+                    else "under way"
+                raise OperationError(f"a main-host move of {vm} from {self.host_name} is "
+                                     f"{state}", errno.EBUSY)
+            qmp, domain = self._monitor_of(vm, req)
+            op = self.operations.new_operation("main_host_migration", ram, path,
+                                               self.host_name, dest.name)
+            op.details.update(phase="starting", domain=domain)
+            src = self._new_source(op, ram, vm, path, dest, domain)
+            try:
+                self._start_source(src, qmp)
+            except BaseException as exc:   # the VM goes on here, as before
+                self._end_source(src, False)
+                op.details["phase"] = "rolled back"
+                op.finish(OpState.FAILED, str(exc) or type(exc).__name__)
+                self.operations.release(op)
+                if isinstance(exc, (QMPError, OSError)):
+                    raise OperationError(f"cannot set x-ignore-shared on the QEMU of {vm}: "
+                                         f"{exc}", errno.EIO) from exc
+                raise
+            op.details["phase"] = "prepared"
+            src.reply = {"ok": True, "vm": str(vm), "path": path, "domain": domain}
+            with self._lock:
+                self.sources[vm] = src
+        LOG.info("main-host move of %s to %s: source prepared (%s frozen, x-ignore-shared)",
+                 vm, dest.name, path)
+        return dict(src.reply)
+
+    def _source_ram(self, req: dict[str, Any]) -> tuple[uuid.UUID, str, RamFile]:
+        """The VM, RAM file path and RAM file a source request names (``vm``,
+        ``path`` or both)."""
+        vm = _uuid_arg(req, "vm") if req.get("vm") is not None else None
+        if req.get("path") is not None:
+            path = _str_arg(req, "path")
+        elif vm is None:
+            raise ControlError("'vm' or 'path' must be given")
+        else:
+            with self._lock:
+                dom = self.domains.get(vm)
+            if dom is None:
+                raise OperationError(f"no domain of {vm} known on {self.host_name}: was it "
+                                     f"started with the libvirt hook installed?",
+                                     errno.ENOENT)
+            path = dom.path
+        ram = self.memfs.find(path)
+        if vm is not None and ram.vm is not None and ram.vm != vm:
+            raise OperationError(f"{path} is the RAM file of {ram.vm}, not of {vm}")
+        vm = vm or ram.vm
+        if vm is None:
+            raise OperationError(f"{path} is not a split VM's RAM file on {self.host_name}")
+        return vm, path, ram
+
+    def finish_source(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The libvirt migration prepared by :meth:`prepare_source` ended (``ok``).
+
+        ``ok`` true: the source never runs again; the export is committed (M's
+        resident pages wait for the new main host's pull, whose DROP_VM ends it).
+        Refused (EBUSY) if the source QEMU never paused for a switchover or resumed
+        since: then nothing changed, and ``ok`` false rolls back. ``ok`` false: what
+        a failed ``virsh migrate`` leaves: the export goes, the RAM file thaws and
+        gets its resident limit back. Refused (EBUSY) once the destination took the
+        directory and the source QEMU is gone: then the move happened. Repeated
+        calls: ``ok`` true again gets ``committed`` again while the export lasts;
+        ``ok`` false with nothing prepared answers ``rolled_back: false``.
+        """
+        vm = _uuid_arg(req, "vm")
+        ok = req.get("ok")
+        if not isinstance(ok, bool):
+            raise ControlError("'ok' must be true or false")
+        with self._source_lock(vm):
+            with self._lock:
+                src = self.sources.get(vm)
+                export = self.exports.get(vm)
+            if src is None:
+                if export is not None and export.committed:
+                    if ok:
+                        return {"ok": True, "vm": str(vm), "path": export.path,
+                                "committed": True, "stopped_at": export.stopped_at,
+                                "directory_at": export.directory_at}
+                    raise OperationError(f"the main-host move of {vm} is committed: it "
+                                         f"cannot be rolled back", errno.EBUSY)
+                if export is not None:
+                    raise OperationError(f"the main-host move of {vm} from "
+                                         f"{self.host_name} runs its own libvirt migration",
+                                         errno.EBUSY)
+                if ok:
+                    raise OperationError(f"no main-host move of {vm} is prepared on "
+                                         f"{self.host_name}", errno.ENOENT)
+                return {"ok": True, "vm": str(vm), "rolled_back": False}
+            reply = self._commit_source(src) if ok else self._roll_back_source(src)
+            with self._lock:
+                self.sources.pop(vm, None)
+        return reply
+
+    def _commit_source(self, src: Source) -> dict[str, Any]:
+        export, op = src.export, src.op
+        assert src.qmp is not None
+        stops, paused = _last_pause(src.qmp)
+        if paused is None:
+            why = "never paused for a switchover" if not stops else \
+                "was resumed after its switchover pause"
+            raise OperationError(f"the source QEMU of {src.vm} {why}: the move did not "
+                                 f"happen (finish it with ok=false)", errno.EBUSY)
+        if export.stopped_at is None:   # the watcher has not seen it yet
+            export.stopped_at = paused.timestamp
+        export.stopped.set()
+        export.committed = True
+        op.details.update(phase="switched", stopped_at=export.stopped_at,
+                          directory_at=export.directory_at)
+        op.finish(OpState.DONE)
+        self._end_source(src, True)
+        self.operations.release(op)
+        LOG.info("main-host move of %s to %s: committed (libvirt done)", src.vm,
+                 src.dest.name)
+        return {"ok": True, "vm": str(src.vm), "path": src.path, "committed": True,
+                "stopped_at": export.stopped_at, "directory_at": export.directory_at}
+
+    def _roll_back_source(self, src: Source) -> dict[str, Any]:
+        export, op = src.export, src.op
+        assert src.qmp is not None
+        if export.directory_at is not None and not src.qmp.connected:
+            raise OperationError(f"the main-host move of {src.vm} to {src.dest.name} "
+                                 f"happened: {src.dest.name} took the page directory and "
+                                 f"the source QEMU is gone (finish it with ok=true)",
+                                 errno.EBUSY)
+        LOG.warning("main-host move of %s to %s failed: rolled back", src.vm, src.dest.name)
+        op.details["phase"] = "rolled back"
+        op.finish(OpState.ABORTED if op.abort_requested else OpState.FAILED,
+                  "the libvirt migration failed")
+        self._end_source(src, False)
+        self.operations.release(op)
+        return {"ok": True, "vm": str(src.vm), "path": src.path, "rolled_back": True}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -558,6 +782,9 @@ class MainMoves:
                     "incoming": {str(v): {"path": i.path, "source": i.source.name,
                                           "directory": i.directory_at is not None}
                                  for v, i in self.incoming.items()},
+                    "sources": {str(v): {"path": s.path, "dest": s.dest.name,
+                                         "stopped": s.export.stopped.is_set()}
+                                for v, s in self.sources.items()},
                     "domains": {str(v): d.name for v, d in self.domains.items()}}
 
 
@@ -576,6 +803,18 @@ def _watch_stop(qmp: QMPClient, export: Export, done: threading.Event) -> None:
         if not qmp.connected and not export.stopped.is_set():
             return
         done.wait(0.002)
+
+
+def _last_pause(qmp: QMPClient) -> tuple[int, QMPEvent | None]:
+    """How many times the source paused (QMP ``STOP``), and its last pause if no
+    ``RESUME`` came after it (None: it runs, or never paused)."""
+    stops, last = 0, None
+    for ev in qmp.events_since(0):
+        if ev.name == "STOP":
+            stops, last = stops + 1, ev
+        elif ev.name == "RESUME":
+            last = None
+    return stops, last
 
 
 def _resume_time(qmp: QMPClient | None) -> float | None:

@@ -31,9 +31,9 @@ def _drop_none(**kwargs: Any) -> dict[str, Any]:
 
 
 class AgentManager:
-    """RPC endpoint of one agent. API 1.1, see :class:`~.rpcapi.AgentAPI`."""
+    """RPC endpoint of one agent. API 1.2, see :class:`~.rpcapi.AgentAPI`."""
 
-    target = messaging.Target(version="1.1")
+    target = messaging.Target(version="1.2")
 
     def __init__(self, agent: Any) -> None:
         #: a started :class:`nova_ipmigrate.agent.service.Agent`
@@ -151,3 +151,17 @@ class AgentManager:
     @remotable()
     def main_moves(self, context: Any) -> dict[str, Any]:
         return self._handle("main_moves", {})
+
+    # -- main-host moves run by Nova's libvirt driver (1.2) ------------------------------
+
+    @remotable(vm=str, dest=dict, path=str)
+    def main_prepare_source(self, context: Any, vm: str, dest: dict[str, Any],
+                            path: str | None = None) -> dict[str, Any]:
+        """This host's side of the move of ``vm`` to ``dest`` whose libvirt migration
+        the caller runs: freeze, x-ignore-shared, export (``{ok, vm, path, domain}``)."""
+        return self._handle("main_prepare_source", _drop_none(vm=vm, dest=dest, path=path))
+
+    @remotable(vm=str, ok=bool)
+    def main_finish_source(self, context: Any, vm: str, ok: bool) -> dict[str, Any]:
+        """That libvirt migration ended: commit (``ok``) or roll back this side."""
+        return self._handle("main_finish_source", {"vm": vm, "ok": ok})

@@ -24,7 +24,7 @@ TOPIC = "ipmigrate-agent"
 #: "nova") and the agents (default "openstack") meet
 EXCHANGE = "ipmigrate"
 #: the newest version of the API this module knows
-RPC_API_VERSION = "1.1"
+RPC_API_VERSION = "1.2"
 #: op_status(wait=...) is capped at this many seconds by the agent
 MAX_OP_WAIT = 60.0
 
@@ -44,6 +44,8 @@ class AgentAPI:
                 reintegrate, op_abort
         * 1.1 - Main-host moves: main_migrate, incoming_prepare, incoming_commit,
                 incoming_abort, main_moves
+        * 1.2 - Main-host moves whose libvirt migration the caller runs (Nova's
+                driver): main_prepare_source, main_finish_source
 
     A new method or argument bumps the minor version here and in
     ``AgentManager.target``; the client checks ``can_send_version()`` and
@@ -174,3 +176,18 @@ class AgentAPI:
 
     def main_moves(self, ctxt: Any, host: str) -> dict[str, Any]:
         return self._call(ctxt, host, "main_moves", version="1.1")
+
+    # -- main-host moves run by Nova's libvirt driver (1.2) ------------------------------
+
+    def main_prepare_source(self, ctxt: Any, host: str, vm: str, dest: dict[str, Any],
+                            path: str | None = None) -> dict[str, Any]:
+        """Before a libvirt migration the caller runs: ``host`` (the main host of
+        ``vm``) freezes its RAM file, sets x-ignore-shared and exports the directory
+        for ``dest`` (``{name, address, port}``); ``{ok, vm, path, domain}``."""
+        return self._call(ctxt, host, "main_prepare_source", version="1.2", vm=vm,
+                          dest=dest, path=path)
+
+    def main_finish_source(self, ctxt: Any, host: str, vm: str, ok: bool) -> dict[str, Any]:
+        """After it: ``ok``, ``host``'s side is committed (the new main host pulls its
+        pages), else rolled back (the VM goes on at ``host``)."""
+        return self._call(ctxt, host, "main_finish_source", version="1.2", vm=vm, ok=ok)

@@ -85,6 +85,8 @@ class Agent:
                                             "ops": self._ops_list,
                                             "op_abort": self._op_abort,
                                             "main_migrate": self._main_migrate,
+                                            "main_prepare_source": self._main_prepare_source,
+                                            "main_finish_source": self._main_finish_source,
                                             "incoming_prepare": self._incoming_prepare,
                                             "incoming_commit": self._incoming_commit,
                                             "incoming_abort": self._incoming_abort,
@@ -309,6 +311,15 @@ class Agent:
         """Move the VM's vCPUs, devices and resident pages to ``dest`` (libvirt)."""
         return _started("the main-host move", lambda: self.main_moves.migrate(req))
 
+    def _main_prepare_source(self, req: dict[str, Any]) -> dict[str, Any]:
+        """This host's side of a move whose libvirt migration Nova runs: freeze,
+        x-ignore-shared, export (no virsh)."""
+        return _refused(lambda: self.main_moves.prepare_source(req))
+
+    def _main_finish_source(self, req: dict[str, Any]) -> dict[str, Any]:
+        """That libvirt migration ended (``ok``): commit or roll back this side."""
+        return _refused(lambda: self.main_moves.finish_source(req))
+
     def _incoming_prepare(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.main_moves.prepare(req)
 
@@ -373,6 +384,14 @@ def _request_id(req: dict[str, Any]) -> str | None:
     if not isinstance(rid, str) or not 0 < len(rid) <= 64:
         raise ControlError("'request_id' must be a string of 1-64 characters")
     return rid
+
+
+def _refused(handle: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A handler's reply, or its refusal (an ``OperationError``) as a control error."""
+    try:
+        return handle()
+    except OperationError as exc:
+        raise ControlError(str(exc), exc.errno) from exc
 
 
 def _started(what: str, start: Callable[[], Operation]) -> dict[str, Any]:

@@ -14,7 +14,11 @@ synchronously. What it does:
 * ``started begin``: after libvirt's ``migrate-incoming``, before the source
   sends anything: the agent sets ``x-ignore-shared`` on an incoming domain.
 * ``stopped end``: the agent forgets the domain.
-* ``migrate begin``: the XML is passed through unchanged.
+* ``migrate begin`` (at the destination, before the incoming domain is defined; the
+  XML libvirt is to use comes back on stdout): for a split domain the memory backing
+  is set back to a shared file without preallocation or discard (Nova rewrites it
+  for the destination's ``[libvirt] file_backed_memory``, see :func:`migrate_xml`);
+  any other XML passes through unchanged.
 
 A refusal by the agent fails the hook (exit 1), so libvirt fails that start and
 the migration (the source goes on). An agent that cannot be reached is logged
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import shlex
 import sys
 import xml.etree.ElementTree as ET
@@ -35,9 +40,13 @@ from typing import Any
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 #: the hook's file name in libvirt's hooks/qemu.d
 HOOK_NAME = "50-nova-ipmigrate"
+#: a domain's <memoryBacking> element in the XML text
+_BACKING = re.compile(rb"<memoryBacking\b[^>]*?(?:/>|>.*?</memoryBacking\s*>)", re.S)
+#: what Nova sets or drops in <memoryBacking> for [libvirt] file_backed_memory
+_FILE_BACKED = ("source", "access", "allocation", "discard")
 
 
-def parse_domain(xml: str) -> dict[str, Any]:
+def parse_domain(xml: str | bytes) -> dict[str, Any]:
     """UUID, name, id (None if absent) and extra QMP socket of a domain XML."""
     root = ET.fromstring(xml)
     did = root.get("id") or ""
@@ -52,6 +61,49 @@ def parse_domain(xml: str) -> dict[str, Any]:
     return out
 
 
+def migrate_xml(xml: bytes) -> bytes:
+    """The XML an incoming domain is to be started with (the ``migrate`` operation).
+
+    Nova's driver rewrites a migrating domain's ``<memoryBacking>`` for the
+    destination's ``[libvirt] file_backed_memory``: without it, no file source and
+    no shared access (QEMU's RAM would not be the memfs file); with it, also
+    ``<allocation mode='immediate'/>`` (QEMU preallocates: every page faulted onto
+    the new main host) and ``<discard/>``. A split domain (one with the extra
+    ``-qmp unix:`` monitor) gets a shared file back and neither; its other
+    ``<memoryBacking>`` children and the rest of the XML are kept as they are.
+    Anything else is returned unchanged. A split domain whose XML has no single
+    ``<memoryBacking>`` to rewrite is a ``ValueError`` (the migration fails).
+    """
+    try:
+        root = ET.fromstring(xml)
+        split = parse_domain(xml)["qmp"] is not None
+    except (ET.ParseError, ValueError):
+        return xml
+    if not split:
+        return xml
+    backing = root.find("memoryBacking")
+    children = list(backing) if backing is not None else []
+    if not any(c.tag in ("allocation", "discard") for c in children) \
+            and any(c.tag == "source" and c.get("type") == "file" for c in children) \
+            and any(c.tag == "access" and c.get("mode") == "shared" for c in children):
+        return xml
+    kept = [c for c in children if c.tag not in _FILE_BACKED]
+    for c in kept:
+        c.tail = None
+    new = b"<memoryBacking>" + b"".join(b"\n    " + ET.tostring(c) for c in kept) + \
+        b"\n    <source type='file'/>\n    <access mode='shared'/>\n  </memoryBacking>"
+    found = list(_BACKING.finditer(xml))
+    if backing is None and not found:
+        end = xml.rfind(b"</domain>")
+        if end < 0:
+            raise ValueError("no </domain> to add a <memoryBacking> before")
+        return xml[:end] + b"  " + new + b"\n" + xml[end:]
+    if backing is None or len(found) != 1:
+        raise ValueError(f"{len(found)} <memoryBacking> elements in the XML text, "
+                         f"{0 if backing is None else 1} in the domain: not rewritten")
+    return xml[:found[0].start()] + new + xml[found[0].end():]
+
+
 def hook_script(python: str, control_socket: Path) -> str:
     """The executable libvirt runs (only the operations the agent needs start Python)."""
     cmd = " ".join(shlex.quote(a) for a in (python, "-m", "nova_ipmigrate.hooks.libvirt_qemu",
@@ -60,8 +112,7 @@ def hook_script(python: str, control_socket: Path) -> str:
 # nova-ipmigrate: libvirt qemu hook (written by the installer; see
 # nova_ipmigrate/hooks/libvirt_qemu.py)
 case "$2" in
-  start|started|stopped) exec {cmd} "$@" ;;
-  migrate) exec cat ;;
+  start|started|stopped|migrate) exec {cmd} "$@" ;;
   *) exit 0 ;;
 esac
 """
@@ -97,10 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(args_in)
     from nova_ipmigrate.memfs.control import ControlError, call
 
-    xml = sys.stdin.read()
     if args.op == "migrate":
-        sys.stdout.write(xml)
+        data = sys.stdin.buffer.read()
+        try:
+            data = migrate_xml(data)
+        except ValueError as exc:
+            print(f"nova-ipmigrate hook: the incoming XML of {args.domain}: {exc}",
+                  file=sys.stderr)
+            return 1
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
         return 0
+    xml = sys.stdin.read()
     calls = {("start", "begin"): "domain_start", ("started", "begin"): "domain_started",
              ("stopped", "end"): "domain_stopped"}
     op = calls.get((args.op, args.subop))

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 OPS = ("set_remote", "split", "page_map", "agent_stats", "parts", "partial_migrate",
-       "reintegrate", "op_status", "ops", "op_abort")
+       "reintegrate", "op_status", "ops", "op_abort", "main_prepare_source",
+       "main_finish_source")
 
 
 class StubAgent:

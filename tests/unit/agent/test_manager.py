@@ -76,6 +76,14 @@ def _call(api: rpcapi.AgentAPI, method: str, **kwargs: Any) -> Any:
     ("reintegrate", {"path": "p", "target": "h1", "request_id": "r"},
      {"op": "reintegrate", "path": "p", "target": "h1", "strategy": "ipmigrate",
       "request_id": "r"}),
+    ("main_prepare_source", {"vm": VM, "dest": DEST},
+     {"op": "main_prepare_source", "vm": VM, "dest": DEST}),
+    ("main_prepare_source", {"vm": VM, "dest": DEST, "path": "p"},
+     {"op": "main_prepare_source", "vm": VM, "dest": DEST, "path": "p"}),
+    ("main_finish_source", {"vm": VM, "ok": True},
+     {"op": "main_finish_source", "vm": VM, "ok": True}),
+    ("main_finish_source", {"vm": VM, "ok": False},
+     {"op": "main_finish_source", "vm": VM, "ok": False}),
 ])
 def test_each_method_runs_the_agents_handler(stub: StubAgent, api: rpcapi.AgentAPI,
                                              method: str, kwargs: dict[str, Any],
@@ -149,6 +157,12 @@ def test_fs_errors_too(stub: StubAgent, api: rpcapi.AgentAPI) -> None:
     ("partial_migrate", {"path": "p", "source": "h2", "dest": DEST, "request_id": 1},
      "'request_id' must be a string or null"),
     ("reintegrate", {"path": "p", "target": 1}, "'target' must be a string or null"),
+    ("main_prepare_source", {"vm": VM, "dest": "h3"}, "'dest' must be an object"),
+    ("main_prepare_source", {"dest": DEST}, "missing a required argument: 'vm'"),
+    ("main_prepare_source", {"vm": VM, "dest": DEST, "path": 1},
+     "'path' must be a string or null"),
+    ("main_finish_source", {"vm": VM, "ok": 1}, "'ok' must be a boolean, not int"),
+    ("main_finish_source", {"vm": VM}, "missing a required argument: 'ok'"),
 ])
 def test_malformed_arguments_are_invalid_and_change_nothing(
         stub: StubAgent, api: rpcapi.AgentAPI, method: str, kwargs: dict[str, Any],
@@ -168,7 +182,7 @@ def test_private_methods_are_not_callable(stub: StubAgent, api: rpcapi.AgentAPI)
 def test_a_newer_version_than_the_agent_serves_is_refused(stub: StubAgent,
                                                           api: rpcapi.AgentAPI) -> None:
     with pytest.raises(messaging.UnsupportedVersion):
-        api.client.prepare(server="h1", version="1.2").call({}, "parts")
+        api.client.prepare(server="h1", version="1.3").call({}, "parts")
     assert stub.calls == []
     assert api.client.prepare(server="h1", version="1.0").call({}, "parts")["ok"]
 
@@ -224,3 +238,16 @@ def test_real_agent_refusals(agent: Agent, api: rpcapi.AgentAPI) -> None:
         api.reintegrate({}, "real", "vm/pc.ram", target="h2")
     assert api.ops({}, "real")["ops"] == []
     assert agent.memfs.find("vm/pc.ram").remote is None
+
+
+def test_real_agent_source_side_of_a_main_host_move(agent: Agent,
+                                                    api: rpcapi.AgentAPI) -> None:
+    with pytest.raises(exception.NotFound, match="no domain of"):
+        api.main_prepare_source({}, "real", VM, DEST)
+    with pytest.raises(exception.Invalid, match="not a split VM"):
+        api.main_prepare_source({}, "real", VM, DEST, path="vm/pc.ram")
+    with pytest.raises(exception.NotFound, match="no main-host move"):
+        api.main_finish_source({}, "real", VM, True)
+    assert api.main_finish_source({}, "real", VM, False) == {
+        "ok": True, "vm": VM, "rolled_back": False}
+    assert api.ops({}, "real")["ops"] == []

@@ -56,6 +56,41 @@ def test_each_method_calls_its_host(client_api: rpcapi.AgentAPI, method: str,
     prepare.return_value.call.assert_called_once_with(ctxt, method, **sent)
 
 
+@pytest.mark.parametrize(("method", "args", "kwargs", "sent"), [
+    ("main_prepare_source", ("vm-uuid", DEST), {},
+     {"vm": "vm-uuid", "dest": DEST, "path": None}),
+    ("main_prepare_source", ("vm-uuid", DEST), {"path": "p"},
+     {"vm": "vm-uuid", "dest": DEST, "path": "p"}),
+    ("main_finish_source", ("vm-uuid", True), {}, {"vm": "vm-uuid", "ok": True}),
+    ("main_finish_source", ("vm-uuid",), {"ok": False}, {"vm": "vm-uuid", "ok": False}),
+])
+def test_main_source_methods_are_sent_at_1_2(client_api: rpcapi.AgentAPI, method: str,
+                                             args: tuple[Any, ...], kwargs: dict[str, Any],
+                                             sent: dict[str, Any]) -> None:
+    assert getattr(client_api, method)({}, "h7", *args, **kwargs) == {"ok": True}
+    prepare: Any = client_api.client.prepare
+    prepare.assert_called_once_with(server="h7", version="1.2", timeout=30.0)
+    prepare.return_value.call.assert_called_once_with({}, method, **sent)
+
+
+def test_main_source_methods_need_1_2(rpc_conf: cfg.ConfigOpts, transport: Any) -> None:
+    old = rpcapi.AgentAPI(rpc_conf, transport=transport, version_cap="1.1")
+    with pytest.raises(messaging.RPCVersionCapError):
+        old.main_prepare_source({}, "h1", "vm-uuid", DEST)
+    with pytest.raises(messaging.RPCVersionCapError):
+        old.main_finish_source({}, "h1", "vm-uuid", False)
+
+
+def test_main_source_methods_reach_the_agent(serve: Callable[[Any, str], Any],
+                                             api: rpcapi.AgentAPI) -> None:
+    agent = StubAgent("rc")
+    serve(agent, "rc")
+    assert api.main_prepare_source({}, "rc", "u", DEST)["op"] == "main_prepare_source"
+    assert api.main_finish_source({}, "rc", "u", ok=True)["op"] == "main_finish_source"
+    assert agent.calls == [{"op": "main_prepare_source", "vm": "u", "dest": DEST},
+                           {"op": "main_finish_source", "vm": "u", "ok": True}]
+
+
 def test_op_status_waits_longer(client_api: rpcapi.AgentAPI) -> None:
     client_api.op_status({}, "h7", "h7-1")
     client_api.op_status({}, "h7", "h7-1", wait=5)
