@@ -6,6 +6,8 @@ API version history (the server side is :mod:`nova_ipmigrate.engine.manager`):
   show_operation, abort_operation
 * 1.1: show_vm
 * 1.2: main_host_migration; reintegration onto a host other than the main host
+* 1.3: split without sub_hosts/resident_limit (a backend that schedules: the
+  flavor says how, Nova's scheduler where); reconcile
 
 Errors of the engine (``nova_ipmigrate.exception``) come back as the same classes.
 """
@@ -20,7 +22,7 @@ import oslo_messaging as messaging
 from nova_ipmigrate import rpc
 from nova_ipmigrate.engine import TOPIC
 
-VERSION_CAP = "1.2"
+VERSION_CAP = "1.3"
 
 
 class EngineAPI:
@@ -45,10 +47,18 @@ class EngineAPI:
         return self._call(ctxt, "reintegration", vm=vm, target_host=target_host,
                           strategy=strategy)
 
-    def split(self, ctxt: Any, main_host: str, path: str, vm: str, sub_hosts: Sequence[str],
-              resident_limit: int) -> dict[str, Any]:
+    def split(self, ctxt: Any, main_host: str, path: str, vm: str,
+              sub_hosts: Sequence[str] = (), resident_limit: int | None = None
+              ) -> dict[str, Any]:
+        if not sub_hosts or resident_limit is None:   # the backend decides: 1.3
+            return self._call(ctxt, "split", version="1.3", main_host=main_host, path=path,
+                              vm=vm, sub_hosts=list(sub_hosts),
+                              resident_limit=resident_limit)
         return self._call(ctxt, "split", main_host=main_host, path=path, vm=vm,
                           sub_hosts=list(sub_hosts), resident_limit=resident_limit)
+
+    def reconcile(self, ctxt: Any) -> dict[str, Any]:
+        return self._call(ctxt, "reconcile", version="1.3")
 
     def host_drain(self, ctxt: Any, host: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
         return self._call(ctxt, "host_drain", host=host, exclude=list(exclude))

@@ -143,7 +143,12 @@ class LabOps:
                 self.abort(op)
                 raise ScenarioFailed(f"operation {op['id']} did not end in "
                                      f"{timeout:.0f}s") from exc
-        agent = main or self.ctx.main
+        return self._wait_agent(op, timeout, main or self.ctx.main)
+
+    def _wait_agent(self, op: dict[str, Any], timeout: float,
+                    agent: AgentDaemon) -> dict[str, Any]:
+        """Wait for an agent's operation to end (its control socket), showing its
+        progress."""
         deadline = time.monotonic() + timeout
         cur = op
         while True:
@@ -261,6 +266,54 @@ class LabOps:
                  f"downtime {out['downtime_ms']} ms (directory {out['directory_ms']} ms), "
                  f"all in {out['total_s']} s")
         return out
+
+    def driver_main_move(self, dest: str, timeout: float = 600.0) -> dict[str, Any]:
+        """A main-host move the way Nova's driver runs one
+        (:mod:`nova_ipmigrate.virt.mainmove`): the agents are called around a libvirt
+        migration that someone else runs (here the lab, in Nova's place: ``virsh
+        migrate --live --p2p`` on the old main host's libvirtd, as Nova's driver calls
+        migrateToURI3 there). Direct agent calls, with or without the control plane:
+        they stand for the driver's hooks. Returns the pull and the libvirt step's
+        seconds; the VM runs on ``dest`` afterwards."""
+        ctx = self.ctx
+        src, dst = ctx.main, self.agent(dest)
+        libvirtd = ctx.libvirtds.get(self._lab_name(dest))
+        source_lvd = ctx.libvirtds.get(ctx.guest.libvirtd.host.name) \
+            if hasattr(ctx.guest, "libvirtd") else None
+        if libvirtd is None or source_lvd is None:
+            raise ScenarioFailed("a main-host move needs the guest to be a libvirt domain")
+        t0 = time.monotonic()
+        f = src.stats()["files"][ctx.path]
+        # pre_live_migration at D
+        dst.call("incoming_prepare", vm=ctx.vm, size=int(f["size"]),
+                 resident_limit=int(f["resident_limit_pages"]) * PAGE,
+                 source=src.sub_host_entry())
+        # live_migration at M: the agent's side, then the hypervisor's migration
+        src.call("main_prepare_source", vm=ctx.vm, dest=dst.sub_host_entry())
+        address = dst.sub_host_entry()["address"]
+        ctx.guest.expect_move(libvirtd)
+        out = source_lvd.virsh("migrate", "--live", "--p2p", ctx.guest.name,
+                               f"qemu+tcp://{address}/system", f"tcp://{address}",
+                               check=False, timeout=timeout)
+        libvirt_s = round(time.monotonic() - t0, 3)
+        ok = out.returncode == 0
+        src.call("main_finish_source", vm=ctx.vm, ok=ok)
+        if not ok:
+            ctx.guest.expect_move(None)
+            dst.call("incoming_abort", vm=ctx.vm)
+            raise ScenarioFailed(f"libvirt migration failed: {out.stderr.strip()}")
+        # post_live_migration_at_destination at D: pull M's resident pages
+        res = dst.call("incoming_commit", vm=ctx.vm, then="pull")
+        ctx.main, ctx.path = dst, res["path"]
+        ctx.guest.ram_path = dst.mountpoint / res["path"]
+        pull = self._wait_agent(res["op"], timeout, dst) if "op" in res else None
+        result = {"libvirt_s": libvirt_s, "pull": pull,
+                  "directory_ms": res.get("directory_ms"),
+                  "total_s": round(time.monotonic() - t0, 3)}
+        self.log(f"main host {src.host} -> {dst.host} as Nova's driver runs it: libvirt "
+                 f"{libvirt_s} s, directory {result['directory_ms']} ms, all in "
+                 f"{result['total_s']} s")
+        return result
 
     def source_op_ended(self, host: str) -> bool:
         """The main-host move the VM's main host ``host`` runs has ended."""
@@ -463,7 +516,10 @@ def main_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any
        follow, h1 is empty afterwards.
     3. Reintegration onto h1, a host other than the main host (h4): the main
        host moves there first, then every part comes to it in parallel.
-    4. The guest reboots (QMP system_reset; needs ``libvirt_on_reboot="restart"``).
+    4. The same move as Nova's driver runs it (:meth:`LabOps.driver_main_move`): the
+       agents' ``main_prepare_source``/``main_finish_source`` around a libvirt
+       migration run by someone else, h1 -> h4.
+    5. The guest reboots (QMP system_reset; needs ``libvirt_on_reboot="restart"``).
     """
     ops = ops or LabOps(ctx)
     out: dict[str, Any] = {"layout_before": ops.layout()}
@@ -498,6 +554,15 @@ def main_host_moves(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any
     _check(set(layout) == {ops.name("h1")}, f"pages left elsewhere: {layout}")
     ops.wait_for(lambda: not ops.agent("h4").stats()["files"], 30, "h4 to release the RAM")
     out["reintegration"] = {**res, "layout": layout}
+    # 4. the move as Nova's driver runs it (agent calls around a libvirt migration it
+    #    does not run itself): h1 -> h4
+    res = ops.driver_main_move("h4")
+    _done(res["pull"])
+    _check(ctx.main.host == ops.name("h4"), "h4 is not the main host after the driver move")
+    ops.wait_for(lambda: not ops.agent("h1").stats()["files"], 30, "h1 to release the RAM")
+    out["driver_main_move"] = {**res, "layout": ops.layout()}
+    _check(ops.name("h1") not in out["driver_main_move"]["layout"],
+           f"h1 still holds pages: {out['driver_main_move']['layout']}")
     out["reboot"] = ops.reboot_guest()
     return out
 

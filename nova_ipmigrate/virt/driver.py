@@ -113,6 +113,20 @@ def default_agents() -> Any:
     return AgentAPI(transport=nova_rpc.TRANSPORT)
 
 
+def default_engine() -> Any:
+    """The engine's RPC client on Nova's transport (the engine listens there)."""
+    from nova import rpc as nova_rpc
+
+    from nova_ipmigrate.engine.rpcapi import EngineAPI
+
+    return EngineAPI(nova_rpc.TRANSPORT)
+
+
+def ram_file_path(domain_id: int, name: str) -> str:
+    """Where libvirt puts a domain's RAM file below ``memory_backing_dir``."""
+    return f"libvirt/qemu/{domain_id}-{name}/pc.ram"
+
+
 def default_ledger() -> Any:
     from nova.scheduler.client import report
 
@@ -127,6 +141,35 @@ class IPMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
     #: how the driver reaches the agents and placement (tests replace them)
     agents_factory: Callable[[], Any] = staticmethod(default_agents)
     ledger_factory: Callable[[], Any] = staticmethod(default_ledger)
+    engine_factory: Callable[[], Any] = staticmethod(default_engine)
+
+    def spawn(self, context: Any, instance: Any, image_meta: Any, injected_files: Any,
+              admin_password: Any, allocations: Any, network_info: Any = None,
+              block_device_info: Any = None, power_on: bool = True,
+              accel_info: Any = None) -> Any:
+        """Nova's spawn; then a split-memory instance is handed to the engine, which
+        splits it as its flavor says (Nova's scheduler picks the sub-hosts). An
+        engine that refuses or does not answer leaves the instance running unsplit
+        (a warning in the log): split it later with the engine's split operation."""
+        result = super().spawn(context, instance, image_meta, injected_files,
+                               admin_password, allocations, network_info,
+                               block_device_info, power_on, accel_info)
+        if split_spec(instance.flavor) is None:
+            return result
+        guest = self._host.get_guest(instance)
+        path = ram_file_path(guest.id, guest.name)
+        host = self.__dict__.get("_ipm_host") or CONF.host
+        try:
+            op = type(self).engine_factory().split(
+                {}, main_host=host, path=path, vm=instance.uuid)
+            LOG.info("split-memory instance: engine operation %s splits it", op.get("id"),
+                     instance=instance)
+        except Exception as exc:  # noqa: BLE001 - the instance runs, unsplit
+            LOG.warning("split-memory instance runs unsplit on %s: the engine refused or "
+                        "did not answer (%s); split it with the engine's split operation "
+                        "(main host %s, RAM file %s)", host, exc, host, path,
+                        instance=instance)
+        return result
 
     @property
     def _main_moves(self) -> MainMoveHooks:

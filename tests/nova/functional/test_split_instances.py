@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fixtures
+
 from nova_ipmigrate import exception
 from nova_ipmigrate.accounting import maintenance
 from nova_ipmigrate.virt import splitspec
@@ -38,6 +40,10 @@ class SplitInstanceBase(base.FunctionalBase):
         self.engine = InProcessEngine(Path(self.tmp), self.agents, HOSTS)
         self.addCleanup(self.engine.close)
         self.ctxt: dict[str, Any] = {}
+        # the driver hands a spawned split instance to this engine
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova_ipmigrate.virt.driver.IPMigrateLibvirtDriver.engine_factory",
+            staticmethod(lambda: self.engine.manager)))
 
     def boot(self, host: str = "host1") -> dict[str, Any]:
         server = self._create_server(flavor_id=self.flavor, networks="none", host=host)
@@ -47,11 +53,13 @@ class SplitInstanceBase(base.FunctionalBase):
         return server
 
     def split(self, server: dict[str, Any]) -> dict[str, int]:
-        op = self.engine.manager.split(self.ctxt, main_host="host1", path=PATH,
-                                       vm=server["id"])
-        self.assertEqual(sorted(op["params"]["sub_hosts"]), sorted(
-            op["params"]["accounting"]["sub_hosts"]))
-        done = self.engine.run(op["id"])
+        """Run the split the driver asked the engine for when it spawned the instance."""
+        (op,) = self.engine.db.list(vm=server["id"], kinds=("split",))
+        self.assertEqual("host1", op.main_host)
+        self.assertRegex(op.path, r"^libvirt/qemu/\d+-instance-[0-9a-f]+/pc\.ram$")
+        self.assertEqual(sorted(op.params["sub_hosts"]), sorted(
+            op.params["accounting"]["sub_hosts"]))
+        done = self.engine.run(op.id)
         self.assertEqual("done", done["state"], done["fault"])
         return self.memory(server)
 
