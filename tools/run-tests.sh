@@ -84,7 +84,7 @@ run_step "unit tests" run_pytest tests/unit
 # fixtures (testtools-based, run by stestr as Nova runs them; stestr fails a run
 # that found no test)
 run_step "nova unit tests" run_pytest tests/nova/unit
-run_step "nova functional tests" "$BIN/stestr" run
+run_step "nova functional tests" env OS_STDOUT_CAPTURE=1 OS_STDERR_CAPTURE=1 OS_LOG_CAPTURE=1 "$BIN/stestr" run
 
 if [[ $unit_only -eq 1 ]]; then
     skip_step "integration tests" "--unit-only"
