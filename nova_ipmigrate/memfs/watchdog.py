@@ -26,6 +26,10 @@ PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     # Own session: a kill of the daemon's process group must not take the watchdog too.
     os.setsid()
+    # SIGTERM stays blocked (the mask survives exec) until main() has its handler: a
+    # daemon that dies while the watchdog's Python still starts would otherwise kill
+    # it by SIGTERM's default action, with the connection never aborted
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -47,6 +51,8 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _abort)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a SIGTERM that came while Python started is delivered here, to the handler
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if os.getppid() != parent:  # the daemon died before the prctl took effect
         _abort()
     while True:
