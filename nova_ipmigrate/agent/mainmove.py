@@ -57,6 +57,7 @@ from nova_ipmigrate.agent import placement
 from nova_ipmigrate.agent.remote import FabricRemotePaging, SubHost
 from nova_ipmigrate.fabric import auth
 from nova_ipmigrate.fabric.errors import RemoteBadRequestError, RemoteInternalError
+from nova_ipmigrate.hooks.libvirt_qemu import SHORT_NAME, ram_file_path
 from nova_ipmigrate.memfs.control import ControlError, _str_arg
 from nova_ipmigrate.memfs.pages import HERE, contiguous_runs
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
@@ -68,8 +69,8 @@ from nova_ipmigrate.qemu.qmp import QMPClient, QMPError, QMPEvent
 LOG = logging.getLogger(__name__)
 
 #: where libvirt 9 puts a domain's RAM file under memory_backing_dir
-#: (qemuGetMemoryBackingDomainPath: "<id>-<name, 20 characters>/<alias>")
-SHORT_NAME = 20
+#: (qemuGetMemoryBackingDomainPath: "<id>-<name, 20 characters>/<alias>"):
+#: SHORT_NAME and ram_file_path live with the hook, which the driver shares
 IGNORE_SHARED = [{"capability": "x-ignore-shared", "state": True}]
 _HERE_MASK = bytes(1 if c == HERE else 0 for c in range(256))
 
@@ -93,10 +94,6 @@ class Domain:
     path: str            # its RAM file, relative to the memfs mount
     qmp: str | None      # the extra QMP monitor (unix socket) of its QEMU
 
-
-def ram_file_path(domain_id: int, name: str) -> str:
-    """The RAM file libvirt gives a domain, relative to ``memory_backing_dir``."""
-    return f"libvirt/qemu/{domain_id}-{name[:SHORT_NAME]}/pc.ram"
 
 
 class Export:

@@ -38,6 +38,17 @@ from pathlib import Path
 from typing import Any
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+#: libvirt shortens a domain's name to this many characters in its directories
+SHORT_NAME = 20
+
+
+def ram_file_path(domain_id: int, name: str) -> str:
+    """The RAM file libvirt gives a domain, relative to ``memory_backing_dir``
+    (the agent, which serves it, and the compute driver, which hands it to the
+    engine, both name it so)."""
+    return f"libvirt/qemu/{domain_id}-{name[:SHORT_NAME]}/pc.ram"
+
+
 #: the hook's file name in libvirt's hooks/qemu.d
 HOOK_NAME = "50-nova-ipmigrate"
 #: a domain's <memoryBacking> element in the XML text

@@ -211,8 +211,7 @@ class LabOps:
             ctx.guest.expect_move(None)
             return out
         res = dst.call("incoming_commit", vm=ctx.vm, then=then)
-        ctx.main, ctx.path = dst, res["path"]
-        ctx.guest.ram_path = dst.mountpoint / res["path"]
+        self._switched(dst, str(res["path"]))
         stopped = (op.get("details") or {}).get("stopped_at")
         if stopped and res.get("resumed_at"):
             out["downtime_ms"] = round((res["resumed_at"] - stopped) * 1e3, 2)
@@ -225,6 +224,11 @@ class LabOps:
                  f"{out.get('downtime_ms')} ms (directory {out['directory_ms']} ms), "
                  f"switched in {out['switched_s']} s, all in {out['total_s']} s")
         return out
+
+    def _switched(self, dst: AgentDaemon, path: str) -> None:
+        """The VM's main host is ``dst`` now, its RAM file ``path`` there."""
+        self.ctx.main, self.ctx.path = dst, path
+        self.ctx.guest.ram_path = dst.mountpoint / path
 
     def _run_move(self, libvirtd: Any, inject: Callable[[], None] | None,
                   run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -257,8 +261,7 @@ class LabOps:
             ctx.guest.expect_move(None)
             return out
         entry = next(v for v in dst.call("parts")["vms"] if v["vm"] == ctx.vm)
-        ctx.main, ctx.path = dst, str(entry["path"])
-        ctx.guest.ram_path = dst.mountpoint / ctx.path
+        self._switched(dst, str(entry["path"]))
         pr = op.get("progress") or {}
         out.update(downtime_ms=pr.get("downtime_ms"), directory_ms=pr.get("directory_ms"),
                    pull=op, total_s=round(time.monotonic() - t0, 3))
@@ -304,8 +307,7 @@ class LabOps:
             raise ScenarioFailed(f"libvirt migration failed: {out.stderr.strip()}")
         # post_live_migration_at_destination at D: pull M's resident pages
         res = dst.call("incoming_commit", vm=ctx.vm, then="pull")
-        ctx.main, ctx.path = dst, res["path"]
-        ctx.guest.ram_path = dst.mountpoint / res["path"]
+        self._switched(dst, str(res["path"]))
         pull = self._wait_agent(res["op"], timeout, dst) if "op" in res else None
         result = {"libvirt_s": libvirt_s, "pull": pull,
                   "directory_ms": res.get("directory_ms"),

@@ -31,6 +31,7 @@ from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_log import log as logging
 
+from nova_ipmigrate.hooks.libvirt_qemu import ram_file_path
 from nova_ipmigrate.virt import conf as virt_conf
 from nova_ipmigrate.virt import splitspec
 from nova_ipmigrate.virt.mainmove import MainMoveHooks
@@ -120,11 +121,6 @@ def default_engine() -> Any:
     from nova_ipmigrate.engine.rpcapi import EngineAPI
 
     return EngineAPI(nova_rpc.TRANSPORT)
-
-
-def ram_file_path(domain_id: int, name: str) -> str:
-    """Where libvirt puts a domain's RAM file below ``memory_backing_dir``."""
-    return f"libvirt/qemu/{domain_id}-{name}/pc.ram"
 
 
 def default_ledger() -> Any:

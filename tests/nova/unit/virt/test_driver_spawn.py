@@ -52,3 +52,18 @@ def test_an_engine_that_refuses_leaves_it_running_unsplit(
     engine.split.side_effect = error
     assert _spawn(drvr, make_instance(SPLIT), engine) == "spawned"
     assert "runs unsplit" in caplog.text
+
+
+def test_the_ram_file_path_is_libvirts_for_long_names(drvr: Any) -> None:  # noqa: F811
+    # libvirt shortens the name to 20 characters in its memory-backing directory
+    engine = mock.Mock()
+    engine.split.return_value = {"id": "op-1"}
+    guest = mock.Mock(id=3)
+    guest.name = "instance-" + "x" * 30
+    with mock.patch.object(libvirt_driver.LibvirtDriver, "spawn", return_value=None), \
+            mock.patch.object(drvr._host, "get_guest", return_value=guest), \
+            mock.patch.object(driver.IPMigrateLibvirtDriver, "engine_factory",
+                              staticmethod(lambda: engine)):
+        drvr.spawn({}, make_instance(SPLIT), None, [], None, {})
+    assert engine.split.call_args.kwargs["path"] == \
+        f"libvirt/qemu/3-instance-{'x' * 11}/pc.ram"
