@@ -12,6 +12,7 @@ from oslo_config import cfg
 
 from nova_ipmigrate.conf import (
     agent,
+    api,
     engine,
     fabric,
     guest,
@@ -33,3 +34,4 @@ agent.register_opts(CONF)
 migration.register_opts(CONF)
 engine.register_opts(CONF)
 libvirt.register_opts(CONF)
+api.register_opts(CONF)

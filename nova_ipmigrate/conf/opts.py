@@ -13,6 +13,7 @@ from oslo_config import cfg
 
 from nova_ipmigrate.conf import (
     agent,
+    api,
     engine,
     fabric,
     guest,
@@ -23,7 +24,7 @@ from nova_ipmigrate.conf import (
     paths,
 )
 
-_MODULES = (paths, memfs, guest, lab, fabric, agent, migration, engine, libvirt)
+_MODULES = (paths, memfs, guest, lab, fabric, agent, migration, engine, libvirt, api)
 
 
 def list_opts() -> list[tuple[str | cfg.OptGroup, Sequence[cfg.Opt]]]:

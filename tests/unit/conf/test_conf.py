@@ -13,7 +13,7 @@ import nova_ipmigrate.conf
 from nova_ipmigrate.conf import opts
 
 EXPECTED_GROUPS = {"DEFAULT", "memfs", "guest", "lab", "fabric", "agent", "migration",
-                   "engine", "database", "libvirt"}
+                   "engine", "database", "libvirt", "api"}
 
 
 def _group_name(group: str | cfg.OptGroup | None) -> str:
