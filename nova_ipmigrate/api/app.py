@@ -135,8 +135,6 @@ class API:
     def __call__(self, req: webob.Request) -> webob.Response:
         try:
             return self._dispatch(req)
-        except _Done as done:
-            return done.resp
         except APIError as err:
             return _error_response(req, err)
         except Exception:   # an engine error we do not map, a bug: 500, logged
@@ -167,7 +165,7 @@ class API:
                            f"(allowed: {', '.join(sorted(set(methods)))})")
             resp = _error_response(req, err)
             resp.headers["Allow"] = ", ".join(sorted(set(methods)))
-            raise _Done(resp)
+            return resp
         raise APIError(404, "ipmigrate.not_found", f"no resource {req.path_info}")
 
     def _version(self, req: webob.Request) -> tuple[int, int]:
@@ -339,14 +337,6 @@ class API:
         body = self._body(req, schemas.DRAIN, optional=True)
         exclude = list((body.get("drain") or {}).get("exclude") or [])
         return self._accepted(req, self._call(ctxt, "host_drain", host, exclude=exclude))
-
-
-class _Done(Exception):
-    """A finished response raised out of the router (405 with its Allow header)."""
-
-    def __init__(self, resp: webob.Response) -> None:
-        super().__init__()
-        self.resp = resp
 
 
 class NoAuth2:

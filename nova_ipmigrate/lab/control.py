@@ -92,6 +92,23 @@ def context() -> oslo_context.RequestContext:
     return oslo_context.RequestContext(is_admin=True, roles=["admin"])
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> int | None:
+    """SIGTERM a service child (started with ``start_new_session``) and wait; SIGKILL
+    to its process group past ``timeout``. Its exit status, None if it was killed."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            return None
+    return proc.returncode
+
+
 class EngineProcess:
     """``ipmigrate-engine`` as a child process (``prefix``: inside a lab host)."""
 
@@ -183,18 +200,7 @@ class EngineProcess:
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait (SIGKILL past ``timeout``); the exit status, None if killed."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                return None
-        return proc.returncode
+        return stop_process(proc, timeout)
 
     def tail(self, chars: int = 4000) -> str:
         out = []

@@ -12,10 +12,7 @@ paginated list.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -89,18 +86,7 @@ class APIProcess:
 
     def stop(self) -> int | None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                return None
-        return proc.returncode
+        return control.stop_process(proc, 20)
 
     def tail(self) -> str:
         return self.out.read_text(errors="replace")[-4000:] if self.out.exists() else ""
