@@ -124,8 +124,8 @@ install_python_packages() {
         log "python packages are up to date"
         return
     fi
-    log "pip install -e .[nova] -r test-requirements.txt"
-    (cd "$ROOT" && "$VENV/bin/pip" install -q -e '.[nova]' -r test-requirements.txt)
+    log "pip install -e .[nova,client] -r test-requirements.txt"
+    (cd "$ROOT" && "$VENV/bin/pip" install -q -e '.[nova,client]' -r test-requirements.txt)
     # compute_driver = ipmigrate.driver.IPMigrateLibvirtDriver: Nova imports
     # nova.virt.<compute_driver>; a .pth alias maps nova.virt.ipmigrate to
     # nova_ipmigrate.virt (an editable install ships no data files)

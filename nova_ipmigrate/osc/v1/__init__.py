@@ -1,0 +1,1 @@
+"""The commands of API version 1 (``openstack.ipmigrate.v1``)."""
