@@ -94,7 +94,7 @@ elif [[ $EUID -ne 0 ]]; then
     fail_step "integration tests" \
         "they need root (FUSE, QEMU, namespaces): run with sudo, or set IPMIGRATE_SKIP_INTEGRATION=1"
 else
-    run_step "integration tests" run_pytest -m integration tests/integration
+    run_step "integration tests" run_pytest -m integration --durations=25 tests/integration
 fi
 
 printf '\n==> summary (IPMIGRATE_QUICK=%s)\n' "$IPMIGRATE_QUICK"

@@ -155,7 +155,13 @@ class API:
                 return webob.Response(json_body=getattr(self, name)(req), charset="utf-8")
             version = self._version(req)
             ctxt = self._context(req)
-            resp = getattr(self, name)(req, ctxt, version, **m.groupdict())
+            params = m.groupdict()
+            for key, value in params.items():
+                # no server, operation or host has a blank name
+                if not value.strip():
+                    raise APIError(404, "ipmigrate.not_found",
+                                   f"no {key.replace('_id', '')} {value!r}")
+            resp = getattr(self, name)(req, ctxt, version, **params)
             resp.headers[VERSION_HEADER] = f"{SERVICE_TYPE} {_vstr(version)}"
             resp.headers["Vary"] = VERSION_HEADER
             return resp

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+#: a compute host's name: Nova's ``fqdn`` parameter type (one regex dialect: the
+#: same in Python's ``re`` and in ECMA-262, as OpenAPI tools read it)
 HOST: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255,
-                        "pattern": r"^\S+$"}
+                        "pattern": r"^[A-Za-z0-9._-]+$"}
 HOSTS: dict[str, Any] = {"type": "array", "items": HOST, "uniqueItems": True}
 STRATEGY: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 32}
 

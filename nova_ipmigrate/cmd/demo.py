@@ -62,6 +62,7 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
                          hosts=hosts_n, link=args.link, split_after_s=args.split_after,
                          sub_hosts=subs, scenario=body, scenario_after_s=5.0,
                          control_plane=not args.no_control_plane, libvirt=not args.no_libvirt,
+                         api=not args.no_control_plane,
                          substore_mb_by_host=({"h4": 64} if args.scenario == "engine-failures"
                                               else None))
     how = (f"split {args.split_after:.0f}s after the oracle filled its memory"
@@ -70,8 +71,8 @@ def _split_demo(args: argparse.Namespace, base: SingleHostParams) -> int:
     print(f"\n== split-memory instance: main host h1 + {nsubs} sub-host(s) of {hosts_n} "
           f"hosts, resident limit {args.limit_pct}%, {how}"
           + (f", scenario {args.scenario}" if body else "")
-          + ("" if args.no_control_plane else "; control plane (RabbitMQ, ipmigrate-engine) "
-             "on h1")
+          + ("" if args.no_control_plane else "; control plane (RabbitMQ, ipmigrate-engine, "
+             "ipmigrate-api) on h1")
           + ("" if args.no_libvirt else "; the guest is a libvirt domain"), flush=True)
     # While operations run, per-second samples would interleave with their progress bars.
     quiet = args.quiet or body is not None
@@ -140,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
                          "hosts are spares, destinations of part moves")
     ap.add_argument("--scenario", default=None,
                     choices=["sub-host-moves", "drain-reintegrate", "main-host-moves",
-                             "full", "engine-failures"],
+                             "full", "engine-failures", "operator-cli"],
                     help="run operations while the guest runs (needs 4 hosts: VM on h1, "
                          "split over h2 and h3, h4 spare): sub-host-moves = partial "
                          "migration h2->h4, an abort and a killed destination; "
@@ -150,7 +151,10 @@ def parser() -> argparse.ArgumentParser:
                          "full = sub-host moves, the main host h1->h2, drain and "
                          "reintegration, with a memory map after each stage; "
                          "engine-failures = the engine and RabbitMQ killed and restarted "
-                         "under running moves, and bad requests (needs the control plane)")
+                         "under running moves, and bad requests (needs the control plane); "
+                         "operator-cli = the operator's maintenance of h2 and h3 through "
+                         "the openstack CLI and ipmigrate-api (migrate --partial, list, "
+                         "show, abort, host drain, reintegrate, memory show)")
     ap.add_argument("--no-libvirt", action="store_true",
                     help="with --hosts: run the guest as a QEMU started directly instead "
                          "of a libvirt domain (no libvirtd; no main-host moves)")

@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
                         help="sub-hosts the VM starts with; the other hosts are spares")
     p_boot.add_argument("--scenario", default=None,
                         choices=["sub-host-moves", "drain-reintegrate",
-                                 "main-host-moves", "full", "engine-failures"],
+                                 "main-host-moves", "full", "engine-failures",
+                                 "operator-cli"],
                         help="run part moves while the guest runs, with progress bars "
                              "(see ipmigrate-demo --help; needs 4 hosts)")
     p_boot.add_argument("--no-libvirt", action="store_true",

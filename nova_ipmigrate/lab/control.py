@@ -24,13 +24,17 @@ the lab's ``down`` kills whatever a crashed lab process left in the host.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,8 @@ from nova_ipmigrate.lab.netns import PortForward
 RABBIT_OPTS: dict[str, Any] = {"rabbit_retry_interval": 1, "rabbit_retry_backoff": 1,
                                "rabbit_interval_max": 2}
 ENGINE_HOST = "lab-engine"
+#: ipmigrate-api's port on the controller host (the ``[api] port`` default)
+API_PORT = 9890
 #: the topic the lab's engine sends its notifications to (and the lab listens on)
 NOTIFICATION_TOPIC = "ipmigrate_notifications"
 
@@ -210,6 +216,96 @@ class EngineProcess:
         return "\n".join(out)
 
 
+class APIProcess:
+    """``ipmigrate-api`` as a child process (``prefix``: inside a lab host) listening
+    on ``host:port``, ``noauth2`` (the token is ``user:project``; the user ``admin``
+    is the cloud admin). ``url`` is where this process reaches it (a forward's
+    address when it runs inside a lab host)."""
+
+    def __init__(self, workdir: Path, transport_url: str, host: str = "127.0.0.1",
+                 port: int | None = None, prefix: Sequence[str] = ()) -> None:
+        self.workdir = Path(workdir)
+        self.transport_url = transport_url
+        self.host = host
+        self.port = port if port is not None else free_port()
+        self.prefix = list(prefix)
+        self.url = f"http://{host}:{self.port}"
+        self.conf = self.workdir / "api.conf"
+        self.out = self.workdir / "api.out"
+        self.log_file = self.workdir / "api.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text("\n".join([
+            "[DEFAULT]", f"transport_url = {self.transport_url}",
+            f"log_file = {self.log_file}",
+            "[api]", f"host = {self.host}", f"port = {self.port}", "auth_strategy = noauth2",
+            "[oslo_messaging_rabbit]",
+            *(f"{k} = {v}" for k, v in RABBIT_OPTS.items())]) + "\n")
+        return self.conf
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the service; returns when it listens."""
+        if self.alive():
+            return
+        self.write_config()
+        start = self.out.stat().st_size if self.out.exists() else 0
+        with open(self.out, "ab") as out:
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "nova_ipmigrate.cmd.api",
+                 "--config-file", str(self.conf)], stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.out, "rb") as f:
+                f.seek(start)
+                if b"ipmigrate-api ready on" in f.read():
+                    return
+            if self.proc.poll() is not None:
+                raise ControlPlaneError(f"ipmigrate-api exited with "
+                                        f"{self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ControlPlaneError(f"ipmigrate-api not ready in {timeout:.0f}s: "
+                                        f"{self.tail()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        proc, self.proc = self.proc, None
+        return stop_process(proc, timeout)
+
+    def tail(self, chars: int = 4000) -> str:
+        out = []
+        for path in (self.out, self.log_file):
+            with contextlib.suppress(OSError):
+                out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(out)
+
+    def request(self, method: str, path: str, body: Any = None, token: str = "admin:admin",
+                raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        """One HTTP request; its status and JSON body (errors too)."""
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"X-Auth-Token": token,
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+
+def free_port() -> int:
+    """A free loopback TCP port (for a service this process starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def client_conf() -> cfg.ConfigOpts:
     """A private ConfigOpts for the lab's RPC clients (quick reconnects)."""
     conf = cfg.ConfigOpts()
@@ -228,7 +324,8 @@ class ControlPlane:
     """Broker, engine and the lab's engine client, on the controller host."""
 
     def __init__(self, workdir: Path, controller: LabHost, hosts: Sequence[str],
-                 engine: dict[str, Any] | None = None, rpc_timeout: float = 30.0) -> None:
+                 engine: dict[str, Any] | None = None, rpc_timeout: float = 30.0,
+                 api: bool = False) -> None:
         self.workdir = Path(workdir)
         self.controller = controller
         self.hosts = list(hosts)
@@ -239,6 +336,12 @@ class ControlPlane:
                                         prefix=prefix, netns=self.netns)
         self.engine = EngineProcess(self.workdir / "engine", self.broker.transport_url,
                                     self.hosts, prefix=prefix, engine=engine)
+        #: ``ipmigrate-api`` next to the engine (``api=True``); its ``url`` is a
+        #: forward on this process's loopback once started
+        self.api_service = (APIProcess(self.workdir / "api", self.broker.transport_url,
+                                       host=controller.address, port=API_PORT, prefix=prefix)
+                            if api else None)
+        self._api_forward: PortForward | None = None
         self.rpc_timeout = rpc_timeout
         self.forward: PortForward | None = None
         self._transport: Any = None
@@ -294,6 +397,11 @@ class ControlPlane:
             self._listen()
             self.engine.sync()
             self.engine.start()
+            if self.api_service is not None:
+                self.api_service.start()
+                self._api_forward = PortForward(self.netns, (self.controller.address,
+                                                             API_PORT))
+                self.api_service.url = f"http://127.0.0.1:{self._api_forward.port}"
         except BaseException:
             self.stop()
             raise
@@ -337,9 +445,16 @@ class ControlPlane:
         self.engine.kill()
 
     def stop(self) -> None:
-        """Engine, client transport, forward, broker; idempotent."""
+        """API, engine, client transport, forwards, broker; idempotent."""
         try:
-            self.engine.stop()
+            try:
+                if self.api_service is not None:
+                    self.api_service.stop()
+                if self._api_forward is not None:
+                    self._api_forward.close()
+                    self._api_forward = None
+            finally:
+                self.engine.stop()
         finally:
             listener, self._listener = self._listener, None
             if listener is not None:

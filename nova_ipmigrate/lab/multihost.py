@@ -83,6 +83,9 @@ class SplitParams(SingleHostParams):
     #: run the control plane (RabbitMQ and ipmigrate-engine on h1) and drive the
     #: split and every operation through the engine (``lab.control``)
     control_plane: bool = False
+    #: with the control plane: also run ``ipmigrate-api`` (noauth2) on h1, for the
+    #: ``openstack`` CLI (``ControlPlane.api_service``)
+    api: bool = False
     #: run the guest as a libvirt domain (every host runs its own libvirtd with the
     #: hook, ``lab.libvirt``) instead of a QEMU started directly in h1
     libvirt: bool = True
@@ -132,7 +135,7 @@ def run_split(p: SplitParams, on_sample: Callable[[Sample], None] | None = None,
         control: ControlPlane | None = None
         if p.control_plane:
             control = ControlPlane(p.workdir / "control", hosts[0],
-                                   [h.hostname for h in hosts])
+                                   [h.hostname for h in hosts], api=p.api)
             control.start()
             stack.callback(control.stop)
             LOG.info("control plane on %s: RabbitMQ %s, engine %s", hosts[0].name,

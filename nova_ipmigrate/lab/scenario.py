@@ -15,10 +15,12 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from nova_ipmigrate.engine.models import ACTIVE_STATES
+from nova_ipmigrate.lab.cli import ADMIN, CLIResult, OpenStackCLI
 from nova_ipmigrate.lab.control import context
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from nova_ipmigrate.lab.multihost import LabContext
@@ -741,12 +743,126 @@ def full(ctx: LabContext) -> dict[str, Any]:
     return out
 
 
+def _op_id(res: CLIResult) -> str:
+    """The operation ID ``server migrate --partial`` prints (``Partial migration <id>
+    accepted ...``)."""
+    words = res.out.split()
+    _check(len(words) > 2 and words[1] == "migration",
+           f"unexpected output of server migrate --partial: {res.out!r}")
+    return words[2]
+
+
+def operator_cli(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]:
+    """The operator's workflow, through the ``openstack`` CLI and ``ipmigrate-api``:
+    take h2, then h3 out of service while the VM runs, then bring the VM home.
+
+    Needs 4 hosts (the VM on h1 over h2 and h3, h4 spare) and the control plane
+    with its API (``SplitParams.api``). Bad requests first (each refused with its
+    HTTP error, nothing changed); ``server migrate --partial h2 --host h4 --wait``
+    with its progress bar; the operation listed and shown; a rate-capped move
+    h3 -> h2, a conflicting reintegration refused while it runs, its abort;
+    ``compute host drain h3``; ``server reintegrate``; ``server memory show``
+    before and after.
+    """
+    ops = ops or LabOps(ctx)
+    cp = ops.control
+    if cp is None or cp.api_service is None:
+        raise ScenarioFailed("operator-cli needs the control plane with ipmigrate-api")
+    cli = OpenStackCLI(cp.api_service.url, log=ops.log)
+    vm, name = ctx.vm, ops.name
+    out: dict[str, Any] = {}
+
+    mem = cli.json("server", "memory", "show", vm)
+    by_host = {h["host"]: h for h in mem["hosts"]}
+    _check(mem["main_host"] == name("h1") and by_host.get(name("h2"), {}).get("bytes", 0) > 0,
+           f"memory show: {mem}")
+    out["memory_before"] = mem
+
+    # -- bad requests: each refused with its HTTP error, nothing changed -------------
+    listed = cli.json("server", "partial", "migration", "list")
+    holders = set(ops.layout())
+    refused = {}
+    for what, args, token, expect in [
+            ("non-admin", ("server", "memory", "show", vm), "demo:demo", "HTTP 403"),
+            ("non-admin move", ("server", "migrate", "--partial", name("h2"), vm),
+             "demo:demo", "HTTP 403"),
+            ("unknown server", ("server", "migrate", "--partial", name("h2"),
+                                str(uuid.uuid4())), ADMIN, "HTTP 404"),
+            ("a host holding no part", ("server", "migrate", "--partial", name("h4"), vm),
+             ADMIN, "HTTP 400"),
+            ("destination = source", ("server", "migrate", "--partial", name("h2"),
+                                      "--host", name("h2"), vm), ADMIN, "HTTP 400"),
+            ("unknown host", ("compute", "host", "drain", "no-such-host"), ADMIN,
+             "HTTP 400"),
+            ("unknown operation", ("server", "partial", "migration", "abort",
+                                   str(uuid.uuid4())), ADMIN, "HTTP 404")]:
+        res = cli.run(*args, token=token, check=False)
+        _check(res.rc == 1 and expect in res.err,
+               f"{what}: exit {res.rc}, wanted {expect}: {res.err.strip()}")
+        refused[what] = res.err.strip().splitlines()[-1]
+    _check(cli.json("server", "partial", "migration", "list") == listed,
+           "a refused request left an operation")
+    _check(set(ops.layout()) == holders, "a refused request moved pages")
+    out["refused"] = refused
+
+    # -- h2 into maintenance: its part to h4 ------------------------------------------
+    res = cli.run("server", "migrate", "--partial", name("h2"), "--host", name("h4"), vm,
+                  "--wait")
+    _check(bool(res.progress), "server migrate --partial --wait showed no progress")
+    op_id = _op_id(res)
+    op = cli.json("server", "partial", "migration", "show", op_id)
+    _check(op["state"] == "done" and op["progress"]["percent"] == 100.0, f"{op}")
+    _check(ops.held("h2") == 0, "h2 still holds pages of the VM after its part moved")
+    _check(ops.layout().get(name("h4"), 0) > 0, "h4 owns nothing after the move")
+    rows = cli.json("server", "partial", "migration", "list", "--server", vm, "--long")
+    _check(any(r["ID"] == op_id and r["State"] == "done" for r in rows),
+           f"partial migration list misses {op_id}")
+    out["partial_migration"] = {**op, "progress_lines": len(res.progress)}
+
+    # -- an abort mid-transfer; a conflicting request meanwhile -----------------------
+    res = cli.run("server", "migrate", "--partial", name("h3"), "--host", name("h2"),
+                  "--max-rate", "20", vm)
+    slow = _op_id(res)
+    ops.wait_for(lambda: ops.copied({"id": slow}) > 0, 60, "the copy to start")
+    res = cli.run("server", "reintegrate", vm, check=False)
+    _check(res.rc == 1 and "HTTP 409" in res.err,
+           f"a reintegration during a move: exit {res.rc}: {res.err.strip()}")
+    cli.run("server", "partial", "migration", "abort", slow, "--wait")
+    op = cli.json("server", "partial", "migration", "show", slow)
+    _check(op["state"] == "aborted", f"abort ended {op['state']}")
+    ops.wait_for(lambda: ops.held("h2") == 0, 30, "staged copies to be dropped at h2")
+    _check(ops.held("h3") > 0, "h3 lost its part in the aborted move")
+    res = cli.run("server", "partial", "migration", "abort", slow, check=False)
+    _check(res.rc == 1 and "HTTP 409" in res.err, "a second abort was not refused")
+    out["abort"] = op
+
+    # -- h3 into maintenance: drain it (h2 is due next, excluded) ----------------------
+    drain = cli.json("compute", "host", "drain", name("h3"), "--exclude", name("h2"),
+                     "--wait")
+    _check(drain["state"] == "done" and drain.get("children")
+           and all(c["state"] == "done" for c in drain["children"]), f"drain: {drain}")
+    _check(ops.held("h3") == 0, "h3 still holds pages after the drain")
+    out["drain"] = drain
+
+    # -- back home --------------------------------------------------------------------
+    op = cli.json("server", "reintegrate", vm, "--wait")
+    _check(op["state"] == "done", f"reintegration: {op}")
+    mem = cli.json("server", "memory", "show", vm)
+    _check([h["host"] for h in mem["hosts"] if h["pages"]] == [name("h1")],
+           f"pages left on sub-hosts: {mem['hosts']}")
+    out["reintegration"] = op
+    out["memory_after"] = mem
+    out["commands"] = len(cli.history)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[LabContext], dict[str, Any]]] = {
     "main-host-moves": main_host_moves,
     "sub-host-moves": sub_host_moves,
     "drain-reintegrate": drain_and_reintegrate,
     "full": full,
     "engine-failures": engine_failures,
+    "operator-cli": operator_cli,
 }
 
 
@@ -762,8 +878,9 @@ def report(result: dict[str, Any]) -> str:
                 return
             lines.append(
                 f"  {name:42s} {node['state']:8s} {pr['elapsed_s']:6.2f}s "
-                f"{pr['bytes_total'] / 2**20:7.1f} MiB  re-sent {pr['resent']:6d}  "
-                f"invalidated {pr['invalidated']:6d}  orphans {pr['orphans']:4d}")
+                f"{pr.get('bytes_total', 0) / 2**20:7.1f} MiB  re-sent "
+                f"{pr.get('resent', 0):6d}  invalidated {pr.get('invalidated', 0):6d}  "
+                f"orphans {pr.get('orphans', 0):4d}")
         elif isinstance(node, dict):
             for k, v in node.items():
                 walk(f"{name}.{k}" if name else k, v)

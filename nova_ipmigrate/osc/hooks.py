@@ -1,11 +1,13 @@
-"""``openstack server migrate --partial <source-host>``: a cliff command hook
+"""``openstack server migrate --partial <host>``: a cliff command hook
 (entry point namespace ``openstack.cli.server_migrate``) on OSC's own
 ``server migrate``.
 
 The hook adds its options to the command's parser and wraps the command's
 ``take_action``: with ``--partial`` the request goes to the memory-migration
 service (``--host`` is the optional destination, ``--wait`` follows it with a
-progress bar); without it, ``server migrate`` is OSC's, untouched.
+progress bar); without it, ``server migrate`` is OSC's, untouched. The part on
+the host moves whatever it is: a sub-host's pages (``partial_migration``), or the
+main host's vCPUs, devices and resident pages (``main_host_migration``).
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ class PartialMigrateHook(hooks.CommandHook):
     def get_parser(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         group = parser.add_argument_group(
             "partial migration (nova-ipmigrate)",
-            "Move only the part of a split-memory server's memory held by one host; "
-            "the server keeps running. --host is the destination (default: the "
-            "scheduler chooses); --wait shows the progress")
+            "Move only the part of a split-memory server that sits on one host, so "
+            "that the host can go into maintenance; the server keeps running. "
+            "--host is the destination (default: the scheduler chooses); --wait "
+            "shows the progress")
         group.add_argument("--partial", metavar="<source-host>",
-                           help="Move the part of the server held by this host")
+                           help="Move the part of the server on this host: the pages it "
+                                "holds as a sub-host or, if it is the main host, the "
+                                "vCPUs, devices and resident pages")
         group.add_argument("--strategy", metavar="<strategy>",
                            help="Transfer strategy (with --partial; default: ipmigrate)")
         group.add_argument("--max-rate", metavar="<MiB/s>", type=float, dest="max_rate",
@@ -70,16 +75,33 @@ class PartialMigrateHook(hooks.CommandHook):
 
 
 def partial_migrate(app: Any, parsed_args: argparse.Namespace) -> None:
-    """Start the partial migration; with ``--wait`` follow it to its end. Without
-    ``--wait`` the operation's ID is printed (for ``server partial migration show``)."""
-    op = common.client(app).partial_migration(
-        common.server_id(app, parsed_args.server), parsed_args.partial,
-        dest_host=parsed_args.host, strategy=parsed_args.strategy,
-        max_rate_mb_s=parsed_args.max_rate)
+    """Move the server's part on the ``--partial`` host: a sub-host's pages (a
+    partial migration), or, when it is the server's main host, its vCPUs, devices
+    and resident pages (a main-host migration, API 1.1). With ``--wait`` follow it
+    to its end; without, print the operation's ID (``server partial migration
+    show``)."""
+    c = common.client(app)
+    server = common.server_id(app, parsed_args.server)
+    source = parsed_args.partial
+    if c.memory(server)["main_host"] == source:
+        label = "Main-host migration"
+        if parsed_args.strategy is not None or parsed_args.max_rate is not None:
+            raise exceptions.CommandError(
+                f"{source} is the main host of {server}: its part moves as a main-host "
+                "migration, which takes neither --strategy nor --max-rate")
+        if c.api_version == "1.0":
+            raise exceptions.CommandError(
+                f"{source} is the main host of {server}: a main-host migration needs "
+                "API version 1.1 (--os-ipmigrate-api-version 1.1)")
+        op = c.server_action(server, "main_host_migration", {"dest_host": parsed_args.host})
+    else:
+        label = "Partial migration"
+        op = c.partial_migration(server, source, dest_host=parsed_args.host,
+                                 strategy=parsed_args.strategy,
+                                 max_rate_mb_s=parsed_args.max_rate)
     if parsed_args.wait:
         op = common.wait(app, op)
-        app.stdout.write(f"Partial migration {op['id']} done: {op.get('source_host')} -> "
+        app.stdout.write(f"{label} {op['id']} done: {op.get('source_host') or source} -> "
                          f"{op.get('dest_host')}\n")
     else:
-        app.stdout.write(f"Partial migration {op['id']} accepted "
-                         f"({op.get('state')})\n")
+        app.stdout.write(f"{label} {op['id']} accepted ({op.get('state')})\n")

@@ -12,9 +12,13 @@ WIDTH = 30
 def describe(op: dict[str, Any]) -> str:
     """``partial_migration ipm-h2 -> ipm-h4 running copy 1200/2650 pages``."""
     pr = op.get("progress") or {}
-    route = ""
-    if op.get("source_host") or op.get("dest_host"):
-        route = f" {op.get('source_host') or '?'} -> {op.get('dest_host') or '(scheduler)'}"
+    src, dst = op.get("source_host"), op.get("dest_host")
+    if op.get("kind") == "host_drain":
+        route = f" {src}" if src else ""
+    elif src or dst:
+        route = f" {src or ''} -> {dst or '(scheduler)'}".replace("  ", " ")
+    else:
+        route = ""
     step = f" {op['step']}" if op.get("step") else ""
     pages = ""
     if pr.get("pages_total"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK = os.environ.get("IPMIGRATE_QUICK", "0") == "1"
 #: a guest stand-in: maps a RAM file, writes and verifies its pages (``mmap_worker.py``)
 WORKER = Path(__file__).with_name("mmap_worker.py")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, a ``kill``) interrupts the run as Ctrl-C does, so the
+    tests' ``finally`` blocks and fixtures still take down the labs, mounts, QEMUs
+    and daemons they started (the default action would leave them all behind)."""
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def start_worker(path: Path, size: int, seconds: float) -> subprocess.Popen[str]:

@@ -12,13 +12,10 @@ paginated list.
 
 from __future__ import annotations
 
-import json
-import socket
+import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,11 +24,12 @@ from typing import Any
 import pytest
 
 from nova_ipmigrate.agent import rpcapi
-from nova_ipmigrate.lab import control, rabbitmq
-from nova_ipmigrate.lab.control import EngineProcess
+from nova_ipmigrate.lab import rabbitmq
+from nova_ipmigrate.lab.cli import OpenStackCLI
+from nova_ipmigrate.lab.control import APIProcess, EngineProcess
 from nova_ipmigrate.lab.memfsd import AgentDaemon
 from tests.integration import test_agent_rpc as _rpc
-from tests.integration.conftest import mmap_worker
+from tests.integration.conftest import QUICK, mmap_worker
 from tests.integration.test_agent_rpc import RAM, SIZE, _agents, _ctxt
 
 broker = _rpc.broker
@@ -42,66 +40,6 @@ pytestmark = pytest.mark.integration
 HOSTS = ("main", "sub1", "sub2", "spare")
 BIN = Path(sys.executable).parent
 ADMIN = "admin:admin"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class APIProcess:
-    """``ipmigrate-api`` as a child process on a loopback port."""
-
-    def __init__(self, workdir: Path, transport_url: str) -> None:
-        self.workdir = workdir
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.conf = workdir / "api.conf"
-        self.out = workdir / "api.out"
-        self.conf.write_text("\n".join([
-            "[DEFAULT]", f"transport_url = {transport_url}",
-            "[api]", "host = 127.0.0.1", f"port = {self.port}", "auth_strategy = noauth2",
-            "[oslo_messaging_rabbit]",
-            *(f"{k} = {v}" for k, v in control.RABBIT_OPTS.items())]) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        with open(self.out, "ab") as out:
-            self.proc = subprocess.Popen([str(BIN / "ipmigrate-api"), "--config-file",
-                                          str(self.conf)], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            assert self.proc.poll() is None, f"ipmigrate-api exited: {self.tail()}"
-            assert time.monotonic() < deadline, f"ipmigrate-api not up: {self.tail()}"
-            time.sleep(0.2)
-
-    def stop(self) -> int | None:
-        proc, self.proc = self.proc, None
-        return control.stop_process(proc, 20)
-
-    def tail(self) -> str:
-        return self.out.read_text(errors="replace")[-4000:] if self.out.exists() else ""
-
-    def request(self, method: str, path: str, body: Any = None, token: str = ADMIN,
-                raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"X-Auth-Token": token,
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
 
 
 @pytest.fixture
@@ -118,7 +56,7 @@ def engine(workdir: Path, broker: rabbitmq.RabbitMQ) -> Iterator[EngineProcess]:
 @pytest.fixture
 def api_service(workdir: Path, broker: rabbitmq.RabbitMQ,
                 engine: EngineProcess) -> Iterator[APIProcess]:
-    a = APIProcess(workdir, broker.transport_url)
+    a = APIProcess(workdir / "api", broker.transport_url)
     try:
         a.start()
         yield a
@@ -150,14 +88,14 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
 
 def test_rest_api_through_the_engine(
         start_agents: Callable[..., dict[str, AgentDaemon]], api: rpcapi.AgentAPI,
-        api_service: APIProcess) -> None:
+        api_service: APIProcess, workdir: Path) -> None:
     agents = _agents(start_agents, api, *HOSTS)
-    main, s1, s2 = agents["main"], agents["sub1"], agents["sub2"]
+    main = agents["main"]
     vm = str(uuid.uuid4())
-    main.call("create", path=RAM, size=SIZE, resident_limit=SIZE // 4)
-    main.call("set_remote", path=RAM, vm=vm,
-              sub_hosts=[s1.sub_host_entry(), s2.sub_host_entry()])
+    # a normal (one-host) VM, split through the CLI once the guest stand-in runs
+    main.call("create", path=RAM, size=SIZE, resident_limit=SIZE)
     action = f"/v1/servers/{vm}/action"
+    cli = OpenStackCLI(api_service.url)
 
     def held(host: str) -> int:
         return int(api.agent_stats(_ctxt(), host)["substore"]["vms"].get(vm, 0))
@@ -168,6 +106,13 @@ def test_rest_api_through_the_engine(
         return api_service.request("GET", f"/v1/operations/{op_id}")[1]["operation"]
 
     with mmap_worker(main.mountpoint / RAM, SIZE, 75) as w:
+        time.sleep(3)
+        # -- split migration (openstack server split) ---------------------------------
+        op = cli.json("server", "split", vm, "--main-host", "main", "--path", RAM,
+                      "--sub-host", "sub1", "--sub-host", "sub2", "--resident-limit",
+                      str(SIZE // 4), "--wait")
+        assert op["state"] == "done" and op["kind"] == "split", op
+        assert cli.history[-1].progress, "no progress shown"
         _wait(lambda: held("sub1") > 2000 and held("sub2") > 2000, 60,
               "pages on the sub-hosts")
         # -- the memory layout --------------------------------------------------------
@@ -194,6 +139,23 @@ def test_rest_api_through_the_engine(
             code, body = api_service.request("POST", path, req, token=token, raw=raw)
             assert code == status, (path, req, code, body)
             assert body["errors"][0]["detail"], body
+        assert _state(api) == before and _ops(api_service) == ops_before
+
+        # -- schemathesis: generated requests from the OpenAPI document ---------------
+        # (what is generated and checked: schemathesis.toml next to this file)
+        st = subprocess.run(
+            [str(BIN / "schemathesis"), "--config-file",
+             str(Path(__file__).with_name("schemathesis.toml")), "--no-color", "run",
+             f"{api_service.url}/v1/openapi.json",
+             "--url", api_service.url, "-H", f"X-Auth-Token: {ADMIN}",
+             "-H", "OpenStack-API-Version: memory-migration 1.1",
+             "--max-examples", "10" if QUICK else "50", "--workers", "1",
+             "--report-dir", str(workdir / "schemathesis")],
+            capture_output=True, text=True, timeout=600, cwd=workdir,
+            env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
+        print(st.stdout[-3000:])
+        assert st.returncode == 0, st.stdout[-6000:] + st.stderr[-2000:]
+        assert "Tested: 6" in st.stdout, st.stdout[-3000:]
         assert _state(api) == before and _ops(api_service) == ops_before
 
         # -- the partial migration, followed to its end -------------------------------

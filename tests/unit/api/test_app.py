@@ -278,3 +278,26 @@ def test_checked_in_openapi_document_is_current() -> None:
     path = Path(__file__).resolve().parents[3] / "doc" / "api" / "openapi.json"
     assert json.loads(path.read_text()) == json.loads(json.dumps(openapi.document())), \
         "regenerate: python -m nova_ipmigrate.api.openapi > doc/api/openapi.json"
+
+
+@pytest.mark.parametrize("path, method", [("/v1/servers/%0D/memory", "GET"),
+                                          ("/v1/operations/%C2%85/abort", "POST"),
+                                          ("/v1/operations/%20", "GET"),
+                                          ("/v1/hosts/%09/drain", "POST")])
+def test_blank_ids_are_not_found_without_asking_the_engine(app: Any, engine: FakeEngine,
+                                                           path: str, method: str) -> None:
+    # found by schemathesis: the engine refused them as invalid (400, undocumented)
+    _error(call(app, method, path), 404, "ipmigrate.not_found")
+    assert engine.calls == []
+
+
+def test_the_openapi_document_speaks_openapi_3_0() -> None:
+    assert openapi.oas30({"a": [{"exclusiveMinimum": 0, "type": "number"}],
+                          "b": {"exclusiveMaximum": 2.5, "exclusiveMinimum": True,
+                                "minimum": 1}}) == {
+        "a": [{"minimum": 0, "exclusiveMinimum": True, "type": "number"}],
+        "b": {"maximum": 2.5, "exclusiveMaximum": True, "exclusiveMinimum": True,
+              "minimum": 1}}
+    text = json.dumps(openapi.document())
+    assert '"exclusiveMinimum": 0' not in text and '"exclusiveMaximum": ' not in text.replace(
+        '"exclusiveMaximum": true', "")

@@ -70,12 +70,18 @@ def test_bad_combinations_are_refused_before_any_request(osc: Any, served: Any,
     ("demo:demo", VM, "h2", "HTTP 403 ipmigrate.forbidden"),
     ("admin:admin", "22222222-2222-3333-4444-555555555555", "h2",
      "HTTP 404 ipmigrate.not_found"),
-    ("admin:admin", VM, "h1", "HTTP 400 ipmigrate.invalid"),
+    ("admin:admin", VM, "nohost", "HTTP 400 ipmigrate.invalid"),
     ("admin:admin", VM, "busy", "HTTP 409 ipmigrate.conflict"),
 ])
 def test_refusals_are_reported_with_their_http_error(osc: Any, served: Any, token: str,
                                                      server: str, source: str,
-                                                     status: str) -> None:
+                                                     status: str,
+                                                     monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    if source == "nohost":
+        def unknown(*a: Any, **kw: Any) -> Any:
+            raise exception.Invalid("nohost holds no part of the server")
+        monkeypatch.setattr(served.engine, "partial_migration", unknown)
     r = osc("server", "migrate", "--partial", source, server, token=token)
     assert r.rc == 1 and status in r.err, r.err
     assert "request req-" in r.err
@@ -111,3 +117,27 @@ def test_an_engine_fault_is_not_a_traceback(osc: Any, served: Any,
     r = osc("server", "migrate", "--partial", "h2", "--strategy", "nope", VM)
     assert r.rc == 1 and "strategy 'nope' is not known (HTTP 400" in r.err
     assert "Traceback" not in r.err
+
+
+def test_the_main_host_s_part_moves_as_a_main_host_migration(osc: Any, served: Any) -> None:
+    r = osc("server", "migrate", "--partial", "h1", "--host", "h4", VM)
+    assert r.rc == 0, r.err
+    assert r.out.strip() == "Main-host migration op-012 accepted (queued)"
+    assert _calls(served, "main_host_migration") == [
+        ("main_host_migration", (VM,), {"dest_host": "h4"})]
+    assert _calls(served, "partial_migration") == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-rate", "5"], "takes neither --strategy nor --max-rate"),
+    (["--os-ipmigrate-api-version", "1.0"], "needs API version 1.1"),
+])
+def test_a_main_host_migration_refuses_what_it_cannot_do(osc: Any, served: Any,
+                                                         args: list[str],
+                                                         message: str) -> None:
+    if args[0].startswith("--os"):
+        r = osc(*args, "server", "migrate", "--partial", "h1", VM)
+    else:
+        r = osc("server", "migrate", "--partial", "h1", *args, VM)
+    assert r.rc == 1 and message in r.err, r.err
+    assert _calls(served, "main_host_migration") == []

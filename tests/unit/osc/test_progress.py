@@ -44,6 +44,10 @@ def test_descriptions() -> None:
         "partial_migration h2 -> (scheduler) running copy 5/100 pages")
     assert describe({"kind": "reintegration", "state": "queued", "progress": {}}) == (
         "reintegration queued")
+    assert describe({"kind": "reintegration", "state": "running", "dest_host": "h1",
+                     "progress": {}}) == "reintegration -> h1 running"
+    assert describe({"kind": "host_drain", "state": "running", "source_host": "h3",
+                     "step": "waiting", "progress": {}}) == "host_drain h3 running waiting"
     out = io.StringIO()
     ProgressBar(out, tty=False)({"kind": "split", "state": "running",
                                  "progress": {"percent": "bad"}})
