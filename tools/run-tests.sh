@@ -78,7 +78,7 @@ run_pytest() {
 
 run_step "ruff" "$BIN/ruff" check .
 run_step "mypy" "$BIN/mypy" nova_ipmigrate
-run_step "unit tests" run_pytest tests/unit
+run_step "unit tests" run_pytest --durations=15 tests/unit
 # Nova's side in processes of their own, in Nova's native threading mode
 # (tests/nova/__init__.py): unit tests, then the functional tests on Nova's
 # fixtures (testtools-based, run by stestr as Nova runs them; stestr fails a run
