@@ -1,6 +1,7 @@
 """``ipmigrate-api``: the REST service, on a threading WSGI server.
 
-Production may run ``nova_ipmigrate.api.wsgi:application`` under uwsgi instead.
+Production may run ``nova_ipmigrate.api.wsgi:application`` under uwsgi instead
+(``nova_ipmigrate/api/wsgi.py``).
 """
 
 from __future__ import annotations
