@@ -115,50 +115,35 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) ->
     return proc.returncode
 
 
-class EngineProcess:
-    """``ipmigrate-engine`` as a child process (``prefix``: inside a lab host)."""
+class ServiceProcess:
+    """A service of ours as a child process (``prefix``: inside a lab host), its
+    output in ``<workdir>/<name>.out`` and its log in ``<name>.log``: started until
+    it prints its ready banner, stopped with SIGTERM, killed as a crash would."""
 
-    def __init__(self, workdir: Path, transport_url: str, hosts: Sequence[str],
-                 prefix: Sequence[str] = (), host: str = ENGINE_HOST,
-                 engine: dict[str, Any] | None = None) -> None:
+    #: the service's name (``engine``, ``api``) and its console script's module
+    name = ""
+    module = ""
+
+    def __init__(self, workdir: Path, transport_url: str, prefix: Sequence[str] = ()
+                 ) -> None:
         self.workdir = Path(workdir)
         self.transport_url = transport_url
-        self.hosts = list(hosts)
         self.prefix = list(prefix)
-        self.host = host
-        self.engine_options = {"host": host, "hosts": ",".join(self.hosts),
-                               "poll_interval": 0.2, "progress_interval": 1,
-                               **(engine or {})}
-        self.conf = self.workdir / "engine.conf"
-        self.out = self.workdir / "engine.out"
-        self.log_file = self.workdir / "engine.log"
+        self.conf = self.workdir / f"{self.name}.conf"
+        self.out = self.workdir / f"{self.name}.out"
+        self.log_file = self.workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        lines = ["[DEFAULT]", f"state_path = {self.workdir}",
-                 f"transport_url = {self.transport_url}", f"log_file = {self.log_file}",
-                 "[engine]", *(f"{k} = {v}" for k, v in self.engine_options.items()),
-                 # a dead agent (the lab kills some) must not stall every request long
-                 "[agent]", "rpc_timeout = 5",
-                 "[oslo_messaging_notifications]", "driver = messagingv2",
-                 f"topics = {NOTIFICATION_TOPIC}",
-                 "[oslo_messaging_rabbit]", *(f"{k} = {v}" for k, v in RABBIT_OPTS.items())]
-        self.conf.write_text("\n".join(lines) + "\n")
-        return self.conf
+        raise NotImplementedError
+
+    def banner(self) -> bytes:
+        """What the service prints when it is ready."""
+        raise NotImplementedError
 
     def command(self, *args: str) -> list[str]:
-        return [*self.prefix, sys.executable, "-m", "nova_ipmigrate.cmd.engine",
+        return [*self.prefix, sys.executable, "-m", self.module,
                 "--config-file", str(self.conf), *args]
-
-    def sync(self) -> None:
-        """``ipmigrate-engine db sync``."""
-        self.write_config()
-        out = subprocess.run(self.command("db", "sync"), capture_output=True, text=True,
-                             timeout=120, stdin=subprocess.DEVNULL)
-        if out.returncode != 0:
-            raise ControlPlaneError(f"ipmigrate-engine db sync failed: {out.stdout}"
-                                    f"{out.stderr}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -166,11 +151,11 @@ class EngineProcess:
     @property
     def pid(self) -> int:
         if self.proc is None:
-            raise ControlPlaneError("the engine is not running")
+            raise ControlPlaneError(f"ipmigrate-{self.name} is not running")
         return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the engine; returns when it says it is ready."""
+        """Start the service; returns when it says it is ready."""
         if self.alive():
             return
         self.write_config()
@@ -179,23 +164,23 @@ class EngineProcess:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        banner = f"engine {self.host} ready".encode()
+        banner = self.banner()
         while True:
             with open(self.out, "rb") as f:
                 f.seek(start)
                 if banner in f.read():
                     return
             if self.proc.poll() is not None:
-                raise ControlPlaneError(f"ipmigrate-engine exited with "
+                raise ControlPlaneError(f"ipmigrate-{self.name} exited with "
                                         f"{self.proc.returncode}: {self.tail()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise ControlPlaneError(f"ipmigrate-engine not ready in {timeout:.0f}s: "
-                                        f"{self.tail()}")
+                raise ControlPlaneError(f"ipmigrate-{self.name} not ready in "
+                                        f"{timeout:.0f}s: {self.tail()}")
             time.sleep(0.1)
 
     def kill(self) -> None:
-        """``kill -9`` (a crash: nothing is cleaned up, the database stays as it is)."""
+        """``kill -9`` (a crash: nothing is cleaned up)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -216,24 +201,62 @@ class EngineProcess:
         return "\n".join(out)
 
 
-class APIProcess:
-    """``ipmigrate-api`` as a child process (``prefix``: inside a lab host) listening
-    on ``host:port``, ``noauth2`` (the token is ``user:project``; the user ``admin``
-    is the cloud admin). ``url`` is where this process reaches it (a forward's
-    address when it runs inside a lab host)."""
+class EngineProcess(ServiceProcess):
+    """``ipmigrate-engine`` (its database: SQLite under ``workdir``)."""
+
+    name = "engine"
+    module = "nova_ipmigrate.cmd.engine"
+
+    def __init__(self, workdir: Path, transport_url: str, hosts: Sequence[str],
+                 prefix: Sequence[str] = (), host: str = ENGINE_HOST,
+                 engine: dict[str, Any] | None = None) -> None:
+        super().__init__(workdir, transport_url, prefix)
+        self.hosts = list(hosts)
+        self.host = host
+        self.engine_options = {"host": host, "hosts": ",".join(self.hosts),
+                               "poll_interval": 0.2, "progress_interval": 1,
+                               **(engine or {})}
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = ["[DEFAULT]", f"state_path = {self.workdir}",
+                 f"transport_url = {self.transport_url}", f"log_file = {self.log_file}",
+                 "[engine]", *(f"{k} = {v}" for k, v in self.engine_options.items()),
+                 # a dead agent (the lab kills some) must not stall every request long
+                 "[agent]", "rpc_timeout = 5",
+                 "[oslo_messaging_notifications]", "driver = messagingv2",
+                 f"topics = {NOTIFICATION_TOPIC}",
+                 "[oslo_messaging_rabbit]", *(f"{k} = {v}" for k, v in RABBIT_OPTS.items())]
+        self.conf.write_text("\n".join(lines) + "\n")
+        return self.conf
+
+    def banner(self) -> bytes:
+        return f"engine {self.host} ready".encode()
+
+    def sync(self) -> None:
+        """``ipmigrate-engine db sync``."""
+        self.write_config()
+        out = subprocess.run(self.command("db", "sync"), capture_output=True, text=True,
+                             timeout=120, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise ControlPlaneError(f"ipmigrate-engine db sync failed: {out.stdout}"
+                                    f"{out.stderr}")
+
+
+class APIProcess(ServiceProcess):
+    """``ipmigrate-api`` listening on ``host:port``, ``noauth2`` (the token is
+    ``user:project``; the user ``admin`` is the cloud admin). ``url`` is where this
+    process reaches it (a forward's address when it runs inside a lab host)."""
+
+    name = "api"
+    module = "nova_ipmigrate.cmd.api"
 
     def __init__(self, workdir: Path, transport_url: str, host: str = "127.0.0.1",
                  port: int | None = None, prefix: Sequence[str] = ()) -> None:
-        self.workdir = Path(workdir)
-        self.transport_url = transport_url
+        super().__init__(workdir, transport_url, prefix)
         self.host = host
         self.port = port if port is not None else free_port()
-        self.prefix = list(prefix)
         self.url = f"http://{host}:{self.port}"
-        self.conf = self.workdir / "api.conf"
-        self.out = self.workdir / "api.out"
-        self.log_file = self.workdir / "api.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -245,45 +268,8 @@ class APIProcess:
             *(f"{k} = {v}" for k, v in RABBIT_OPTS.items())]) + "\n")
         return self.conf
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the service; returns when it listens."""
-        if self.alive():
-            return
-        self.write_config()
-        start = self.out.stat().st_size if self.out.exists() else 0
-        with open(self.out, "ab") as out:
-            self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "nova_ipmigrate.cmd.api",
-                 "--config-file", str(self.conf)], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            with open(self.out, "rb") as f:
-                f.seek(start)
-                if b"ipmigrate-api ready on" in f.read():
-                    return
-            if self.proc.poll() is not None:
-                raise ControlPlaneError(f"ipmigrate-api exited with "
-                                        f"{self.proc.returncode}: {self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ControlPlaneError(f"ipmigrate-api not ready in {timeout:.0f}s: "
-                                        f"{self.tail()}")
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        proc, self.proc = self.proc, None
-        return stop_process(proc, timeout)
-
-    def tail(self, chars: int = 4000) -> str:
-        out = []
-        for path in (self.out, self.log_file):
-            with contextlib.suppress(OSError):
-                out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
-        return "\n".join(out)
+    def banner(self) -> bytes:
+        return b"ipmigrate-api ready on"
 
     def request(self, method: str, path: str, body: Any = None, token: str = "admin:admin",
                 raw: bytes | None = None) -> tuple[int, dict[str, Any]]:

@@ -40,6 +40,22 @@ def test_engine_config(tmp_path: Path) -> None:
         _ = e.pid
 
 
+def test_api_config_and_where_it_runs(tmp_path: Path) -> None:
+    cp = ControlPlane(tmp_path, _host(tmp_path), ["ipm-h1"], api=True)
+    a = cp.api_service
+    assert a is not None and a.url == f"http://10.254.0.2:{control.API_PORT}"
+    assert a.command()[0] == "nsenter" and a.transport_url == cp.transport_url
+    conf = configparser.ConfigParser()
+    conf.read(a.write_config())
+    assert conf["api"]["auth_strategy"] == "noauth2"
+    assert (conf["api"]["host"], conf["api"]["port"]) == ("10.254.0.2", str(control.API_PORT))
+    assert ControlPlane(tmp_path, _host(tmp_path), ["ipm-h1"]).api_service is None
+    local = control.APIProcess(tmp_path / "a", "rabbit://x")
+    assert local.url == f"http://127.0.0.1:{local.port}" and local.command()[0] != "nsenter"
+    with pytest.raises(control.ControlPlaneError, match="ipmigrate-api is not running"):
+        _ = local.pid
+
+
 def test_urls_for_hosts_and_for_the_lab_process(tmp_path: Path) -> None:
     cp = ControlPlane(tmp_path, _host(tmp_path), ["ipm-h1", "ipm-h2"])
     # the broker runs inside h1, on h1's lab address, its commands entered into h1
