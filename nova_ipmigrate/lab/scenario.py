@@ -824,9 +824,12 @@ def operator_cli(ctx: LabContext, ops: LabOps | None = None) -> dict[str, Any]:
                   "--max-rate", "20", vm)
     slow = _op_id(res)
     ops.wait_for(lambda: ops.copied({"id": slow}) > 0, 60, "the copy to start")
+    n_ops = len(ops.engine.list_operations(context()))
     res = cli.run("server", "reintegrate", vm, check=False)
     _check(res.rc == 1 and "HTTP 409" in res.err,
            f"a reintegration during a move: exit {res.rc}: {res.err.strip()}")
+    _check(len(ops.engine.list_operations(context())) == n_ops,
+           "the refused reintegration left an operation")
     cli.run("server", "partial", "migration", "abort", slow, "--wait")
     op = cli.json("server", "partial", "migration", "show", slow)
     _check(op["state"] == "aborted", f"abort ended {op['state']}")

@@ -3,11 +3,13 @@
 over FUSE) on loopback while a guest stand-in writes and verifies the VM's memory
 (``mmap_worker.py``: it must end with 0 mismatches).
 
-Over HTTP: the memory layout; bad requests (unknown server, non-admin caller,
-malformed body, the main host or an unknown host as source, destination = source)
-refused with their error and nothing changed; a partial migration followed to its
-end; a conflicting request (409); an abort; a host drain; the reintegration; a
-paginated list.
+The VM is split with ``openstack server split`` (the real CLI). Then over HTTP:
+the memory layout; bad requests (unknown server, non-admin caller, malformed body,
+the main host or an unknown host as source, destination = source) refused with
+their error and nothing changed; schemathesis's generated requests from the
+OpenAPI document (``schemathesis.toml``), conformant and changing nothing; a
+partial migration followed to its end; a conflicting request (409, nothing
+changed); an abort; a host drain; the reintegration; a paginated list.
 """
 
 from __future__ import annotations
@@ -171,8 +173,10 @@ def test_rest_api_through_the_engine(
             "source_host": "sub2", "dest_host": "sub1", "max_rate_mb_s": 1}})
         assert code == 202, body
         slow = body["operation"]
+        n_ops = len(_ops(api_service))
         code, body = api_service.request("POST", action, {"reintegration": {}})
         assert code == 409 and body["errors"][0]["code"] == "ipmigrate.conflict", body
+        assert len(_ops(api_service)) == n_ops, "the refused request left an operation"
         code, body = api_service.request("POST", f"/v1/operations/{slow['id']}/abort")
         assert code == 202, body
         final = wait_op(slow["id"])
