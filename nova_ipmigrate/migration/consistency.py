@@ -358,7 +358,7 @@ class PartMove:
         if self._in_flight:
             raise MoveStateError("no switch while copies are in flight")
         t = self.table
-        src, dst = self.source, self.dest
+        dst = self.dest
         c = self.counters
         for p in sorted(self._committed):
             if self._valid(p):
@@ -369,20 +369,24 @@ class PartMove:
                 c.orphans += 1
             self.sent[p] = 0
         self._committed.clear()
-        left = [p for p in range(t.npages) if t.state[p] == _REMOTE and t.holder[p] == src]
+        left = self.left_at_source()
         for p in left:
             self._resend.add(p)
         if not left:
             self.phase = Phase.SWITCHED
         return len(left)
 
+    def left_at_source(self) -> list[int]:
+        """Pages the directory says the source still holds."""
+        t = self.table
+        src = self.source
+        return [p for p in range(t.npages) if t.state[p] == _REMOTE and t.holder[p] == src]
+
     def finish_local(self) -> int:
         """Destination = main host: done when the source holds nothing; pages left there."""
         if self.dest != MAIN_HOST:
             raise MoveStateError("finish_local is for moves to the main host")
-        t = self.table
-        src = self.source
-        left = [p for p in range(t.npages) if t.state[p] == _REMOTE and t.holder[p] == src]
+        left = self.left_at_source()
         self._resend.update(left)
         if not left:
             self.phase = Phase.SWITCHED

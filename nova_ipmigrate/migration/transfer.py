@@ -32,6 +32,9 @@ LOG = logging.getLogger(__name__)
 
 #: pages per copy request (one fabric request names at most MAX_PAGES)
 REGION_PAGES = wire.MAX_PAGES
+#: consecutive convergence rounds in which the source held none of the pages asked
+#: for before a move gives up (the directory and the source disagree)
+MAX_MISSING_ROUNDS = 50
 
 
 class Aborted(Exception):
@@ -162,9 +165,25 @@ class PartTransfer:
 
     def _converge(self) -> None:
         t = self.table
+        c = self.move.counters
+        stuck = 0
         while True:
             self._check()
+            before = (c.valid, c.missing)
             self._pipeline(bulk=False)
+            # Rounds in which the source answered "not held" for every page it was
+            # asked, and nothing else changed: the directory says it holds pages it
+            # does not have. Re-asking would loop for ever; fail the move instead.
+            if c.valid == before[0] and c.missing > before[1]:
+                stuck += 1
+                if stuck >= MAX_MISSING_ROUNDS:
+                    with t.lock:
+                        gone = self.move.left_at_source()[:8]
+                    raise TransferFailed(
+                        f"{self.source_name} does not hold page(s) {gone} of {self.vm} "
+                        f"that the page directory says it holds ({stuck} rounds)")
+            else:
+                stuck = 0
             if self.move.dest == MAIN_HOST:
                 with t.lock:
                     if not self.move.finish_local():

@@ -30,6 +30,7 @@ from nova_ipmigrate.fabric.server import FabricServer
 from nova_ipmigrate.memfs.pages import PageState, PageTable
 from nova_ipmigrate.memfs.protocol import PAGE_SIZE
 from nova_ipmigrate.memfs.store import ZERO_PAGE, PageStore
+from nova_ipmigrate.migration import transfer as transfer_mod
 from nova_ipmigrate.migration.consistency import MAIN_HOST, Phase
 from nova_ipmigrate.migration.transfer import (
     Endpoint,
@@ -626,12 +627,16 @@ def test_move_converges_while_the_guest_keeps_paging_out_to_the_source(
         def copy_pages(self, vm: uuid.UUID, key: uuid.UUID, name: str, address: str,
                        port: int, pages: Sequence[int], timeout: float | None = None
                        ) -> tuple[int, list[int]]:
-            phases.append(tr.phase)
-            if len(phases) <= 40:
-                others = [p for p in g.at(1) if p not in pages]
-                if others and g.page_in(others[0]):
-                    g.evict_all()
-                    g.push(1)     # accepted while the source is open: re-sent later
+            # Copies run two at a time (the pipeline's depth); the guest is one
+            # actor (its kernel and one pusher): without the lock, two concurrent
+            # pushers could send a drop after the other's put and lose the page.
+            with g.lock:
+                phases.append(tr.phase)
+                if len(phases) <= 40:
+                    others = [p for p in g.at(1) if p not in pages]
+                    if others and g.page_in(others[0]):
+                        g.evict_all()
+                        g.push(1)     # accepted while the source is open: re-sent later
             return self._inner.copy_pages(vm, key, name, address, port, pages,
                                           timeout=timeout)
 
@@ -647,3 +652,39 @@ def test_move_converges_while_the_guest_keeps_paging_out_to_the_source(
     g.flush_drops()
     g.check_content()
     g.check_no_leaks()
+
+
+def test_a_page_the_source_never_has_fails_the_move_instead_of_looping(
+        cluster: Cluster) -> None:
+    """The directory names the source as the holder of a page the source answers
+    "not held" for, round after round (the two disagree: that page is lost). The
+    move must end, failed and rolled back, with the page named, not re-ask for ever."""
+    g = split(cluster, at_source=range(0, 8), at_dest=range(8, 12), local=range(0))
+    lost = 5
+    asked: list[int] = []
+
+    class Source:
+        def __init__(self, inner: FabricClient) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def copy_pages(self, vm: uuid.UUID, key: uuid.UUID, name: str, address: str,
+                       port: int, pages: Sequence[int], timeout: float | None = None
+                       ) -> tuple[int, list[int]]:
+            asked.append(len(pages))
+            rest = [p for p in pages if p != lost]
+            n, missing = (self._inner.copy_pages(vm, key, name, address, port, rest,
+                                                 timeout=timeout) if rest else (0, []))
+            return n, sorted([*missing, *([lost] if lost in pages else [])])
+
+    tr = transfer(cluster, g, 1, 2)
+    tr.source_client = Source(tr.source_client)  # type: ignore[assignment]
+    tr.run()
+    assert tr.phase is Phase.ABORTED, tr.phase
+    assert tr.error is not None and "does not hold page(s) [5]" in tr.error, tr.error
+    assert len(asked) < 2 * transfer_mod.MAX_MISSING_ROUNDS + 10
+    # pages switched in earlier rounds stay at the destination (whole there); the
+    # lost one stays where the directory had it
+    assert g.table.holder_of([0, lost]) == [2, 1]
