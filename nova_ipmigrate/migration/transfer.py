@@ -32,9 +32,10 @@ LOG = logging.getLogger(__name__)
 
 #: pages per copy request (one fabric request names at most MAX_PAGES)
 REGION_PAGES = wire.MAX_PAGES
-#: consecutive convergence rounds in which the source held none of the pages asked
-#: for before a move gives up (the directory and the source disagree)
-MAX_MISSING_ROUNDS = 50
+#: how long a move goes on asking its source for pages the source answers "not
+#: held" for (and nothing else) before it fails; the poll interval meanwhile
+MISSING_TIMEOUT_S = 300.0
+MISSING_POLL_S = 0.1
 
 
 class Aborted(Exception):
@@ -86,6 +87,8 @@ class PartTransfer:
         self.local = local
         self.region_pages = region_pages
         self.copy_timeout = copy_timeout
+        #: see MISSING_TIMEOUT_S
+        self.missing_timeout = MISSING_TIMEOUT_S
         self.key = uuid.uuid4()  # the staging key at the destination
         self.source_name = source_name or source_client.peer_name
         self.dest_name = dest_name or dest_endpoint.name
@@ -166,24 +169,29 @@ class PartTransfer:
     def _converge(self) -> None:
         t = self.table
         c = self.move.counters
-        stuck = 0
+        stuck_since: float | None = None
         while True:
             self._check()
             before = (c.valid, c.missing)
             self._pipeline(bulk=False)
-            # Rounds in which the source answered "not held" for every page it was
-            # asked, and nothing else changed: the directory says it holds pages it
-            # does not have. Re-asking would loop for ever; fail the move instead.
+            # A round in which the source answered "not held" for every page it was
+            # asked: the directory says it holds pages it does not have (yet: an old
+            # main host's pages still on their way to its store, say). Poll slowly,
+            # and give up only when that lasts: a page lost at the source must fail
+            # the move, not keep it re-asking for ever.
             if c.valid == before[0] and c.missing > before[1]:
-                stuck += 1
-                if stuck >= MAX_MISSING_ROUNDS:
+                now = time.monotonic()
+                stuck_since = now if stuck_since is None else stuck_since
+                if now - stuck_since > self.missing_timeout:
                     with t.lock:
                         gone = self.move.left_at_source()[:8]
                     raise TransferFailed(
                         f"{self.source_name} does not hold page(s) {gone} of {self.vm} "
-                        f"that the page directory says it holds ({stuck} rounds)")
+                        f"that the page directory says it holds (for "
+                        f"{now - stuck_since:.0f}s)")
+                self._abort.wait(MISSING_POLL_S)
             else:
-                stuck = 0
+                stuck_since = None
             if self.move.dest == MAIN_HOST:
                 with t.lock:
                     if not self.move.finish_local():
