@@ -118,7 +118,7 @@ def test_engine_and_broker_failures_under_running_moves(workdir: Path) -> None:
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "known bug, reproduced on 53973e5 too (2026-12-02, 3 runs of 3): after the main-host "
+    "known bug, 3 failures in 3 runs on 2026-12-02, one on 53973e5: after the main-host "
     "moves, the new main host's directory names the old main host h1 as holder of pages "
     "h1 does not have; the guest's page-in of one breaks the instance and the pull from "
     "h1 fails after 300 s. A data-loss race in the main-host move's hand-over, to fix "
