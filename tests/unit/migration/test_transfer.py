@@ -266,6 +266,16 @@ def transfer(cluster: Cluster, guest: Guest, source: int, dest: int, **kw: Any) 
                         cluster.new_client(src), dest_client, **kw)
 
 
+class SourceProxy:
+    """A move's source client, for tests that override one of its calls."""
+
+    def __init__(self, inner: FabricClient) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def split(cluster: Cluster, npages: int = 64, at_source: range = range(0, 40),
           at_dest: range = range(40, 52), local: range = range(52, 56),
           table: PageTable | None = None) -> Guest:
@@ -617,13 +627,7 @@ def test_move_converges_while_the_guest_keeps_paging_out_to_the_source(
     phases: list[Phase] = []
     tr: PartTransfer
 
-    class Source:
-        def __init__(self, inner: FabricClient) -> None:
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inner, name)
-
+    class Source(SourceProxy):
         def copy_pages(self, vm: uuid.UUID, key: uuid.UUID, name: str, address: str,
                        port: int, pages: Sequence[int], timeout: float | None = None
                        ) -> tuple[int, list[int]]:
@@ -664,13 +668,7 @@ def test_a_page_the_source_never_has_fails_the_move_instead_of_looping(
     lost = 5
     asked: list[int] = []
 
-    class Source:
-        def __init__(self, inner: FabricClient) -> None:
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inner, name)
-
+    class Source(SourceProxy):
         def copy_pages(self, vm: uuid.UUID, key: uuid.UUID, name: str, address: str,
                        port: int, pages: Sequence[int], timeout: float | None = None
                        ) -> tuple[int, list[int]]:
